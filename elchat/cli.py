@@ -7,44 +7,36 @@ collects them, so a stage's options live with the stage's code.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# (module, what it provides) — imported lazily so `elchat --help` works while a stage is missing.
-_MODULES = [
-    "elchat.models",      # elchat models list|fetch
-    "elchat.data",        # elchat data list|build
-    "elchat.vocab",       # elchat vocab expand
-    "elchat.lep",         # elchat lep
-    "elchat.cpt",         # elchat cpt
-    "elchat.merge",       # elchat merge slerp|chat-vector|elchat
-    "elchat.evaluation",  # elchat eval
-    "elchat.runner",      # elchat run
-    "elchat.report",      # elchat report
+from . import cpt, data, evaluation, lep, merge, models, report, runner, vocab
+from .errors import UserError
+
+# Each module's register_cli adds its sub-command, in this order in `elchat --help`.
+_COMMANDS = [
+    models,      # elchat models list|fetch
+    data,        # elchat data list|build
+    vocab,       # elchat vocab expand
+    lep,         # elchat lep
+    cpt,         # elchat cpt
+    merge,       # elchat merge slerp|chat-vector|elchat
+    evaluation,  # elchat eval
+    runner,      # elchat run
+    report,      # elchat report
 ]
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one clear line, exit code 2, no traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The `elchat` parser with every stage's sub-command. Example: `build_parser().parse_args(["run"])`."""
     parser = argparse.ArgumentParser(prog="elchat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # the stage is not in this checkout yet
-                continue
-            raise
-        register = getattr(module, "register_cli", None)
-        if register is not None:
-            register(sub)
+    for module in _COMMANDS:
+        module.register_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input prints one line and returns 2. Example: `main(["models", "list"])`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

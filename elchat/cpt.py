@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
 from .packing import pack_blocks, token_stream
 
@@ -302,16 +304,37 @@ def _write_logs(out_dir: Path, rows: list[dict]):
     atomic_write_json(out_dir / "log.json", rows)
 
 
-def _make_optimizer(named, config: CPTConfig):
+def make_optimizer(named_params, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    """AdamW with decoupled weight decay on matrices only (norms and biases get none, as HF Trainer).
+
+    `named_params`: (name, parameter) pairs of the trainable parameters. The fused kernel is used
+    where torch has it for the device/dtype. Example: `make_optimizer(model.named_parameters(), 1e-4, 0.01)`.
+    """
+    named = list(named_params)
     decay = [p for _, p in named if p.ndim >= 2]
-    no_decay = [p for _, p in named if p.ndim < 2]  # norms and biases, as HF Trainer
-    groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
+    no_decay = [p for _, p in named if p.ndim < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     try:
-        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     except (RuntimeError, ValueError):  # fused kernel not built for this device/dtype
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
+
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+    """Linear warm-up to the peak lr, then cosine decay to `min_lr_ratio` x peak at `total_steps`.
+
+    lr(s) = peak * s / w for s < w, else peak * (m + (1 - m) * (1 + cos(pi * (s - w) / (T - w))) / 2).
+    Example: `make_scheduler(opt, 5, 100)` (decays to 0), `make_scheduler(opt, 5, 100, 0.1)`.
+    """
+    if min_lr_ratio:
+        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup_steps, total_steps,
+                                                          min_lr_rate=min_lr_ratio)
+    return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+
+
+def _make_optimizer(named, config: CPTConfig):
+    return make_optimizer(named, config.lr, config.weight_decay)
 
 
 def _evaluate(model, tokenizer, vblocks, valid_docs, config: CPTConfig, accelerator) -> dict:

