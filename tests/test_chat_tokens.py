@@ -1,5 +1,6 @@
 from elchat.chat_tokens import chat_special_token_ids, chat_special_tokens
-from elchat.params import check_common, run_dir
+from elchat.params import check_common
+from elchat.runs import run_dir
 from elchat.presets import PRESETS, get_preset
 
 import pytest

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from elchat import embeddings, lep, vocab
+from elchat.method import LEP_MODES
 
 AMHARIC = "ሰላም ለዓለም ይህ የአማርኛ ጽሑፍ ነው ኢትዮጵያ በአፍሪካ ቀንድ ትገኛለች አዲስ አበባ ዋና ከተማ ናት".split()
 
@@ -71,7 +72,7 @@ def test_propagate_models_and_cli(tmp_path, tiny_pair, donor_dir, tiny_tokenizer
     donor = AutoModelForCausalLM.from_pretrained(donor_dir)
     special = chat_special_token_ids(tiny_tokenizer)
     assert special == [0, 1, 2]
-    for mode in lep.MODES:
+    for mode in LEP_MODES:
         model, tok = lep.propagate_embeddings(tiny_pair["base"], tiny_pair["chat"], donor_dir, mode=mode)
         for get in ("get_input_embeddings", "get_output_embeddings"):
             w, wi, wd = (getattr(m, get)().weight for m in (model, inst, donor))
@@ -100,3 +101,19 @@ def test_propagate_models_and_cli(tmp_path, tiny_pair, donor_dir, tiny_tokenizer
 def test_donor_not_extending_base(tiny_pair, donor_dir):
     with pytest.raises(ValueError, match=r"does not extend the base tokenizer"):
         lep.propagate_embeddings(donor_dir, donor_dir, tiny_pair["base"])
+
+
+def test_propagate_and_save(tmp_path, tiny_pair, donor_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = lep.propagate_and_save(tiny_pair["base"], tiny_pair["chat"], donor_dir, tmp_path / "lep", mode="overlap")
+    assert out == tmp_path / "lep" and not list(tmp_path.glob(".tmp-lep-*"))
+    saved, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    model, want_tok = lep.propagate_embeddings(tiny_pair["base"], tiny_pair["chat"], donor_dir, mode="overlap")
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        assert torch.equal(getattr(saved, get)().weight, getattr(model, get)().weight)
+    assert saved.config.vocab_size == len(tok) == len(want_tok) > len(tiny_tokenizer)
+    assert tok.get_vocab() == want_tok.get_vocab() and tok.chat_template == tiny_tokenizer.chat_template
+    with pytest.raises(ValueError, match="mode"):
+        lep.propagate_and_save(tiny_pair["base"], tiny_pair["chat"], donor_dir, tmp_path / "bad", mode="average")
+    assert not (tmp_path / "bad").exists()

@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from elchat.merge import (chat_vector_merge, elchat_merge, gradient, layer_angles, slerp,
-                          slerp_merge, tensor_t)
+from elchat import method, runs
+from elchat.merge import (Checkpoint, chat_vector_merge, elchat_merge, elchat_sweep, layer_angles,
+                          slerp_merge, stage_inputs, write_layer_angles)
+from elchat.merge_math import angle, gradient, layer_index, module_name, slerp, tensor_t
 from elchat.shards import ShardedReader, ShardWriter
 
 NEW_TOKENS = ["ሰላም", "ቋንቋ", "ኢትዮጵያ", "መጽሐፍ", "ትምህርት"]
@@ -170,12 +172,12 @@ def test_cli(models, tmp_path):
 
     out = tmp_path / "cli"
     assert main(["merge", "elchat", "--chat", str(models["chat"]), "--adapted", str(models["adapted"]),
-                 "--layers", "0", "-1", "--rates", "0.5", "0.5", "--no-copy-special", "--out", str(out)]) == 0
+                 "--layers", "0", "-1", "--t", "0.5", "0.5", "--no-copy-special", "--out", str(out)]) == 0
     m, a = state(out), state(models["adapted"])
     assert torch.equal(m["model.layers.1.mlp.up_proj.weight"], a["model.layers.1.mlp.up_proj.weight"])
     assert not torch.equal(m["model.layers.3.mlp.up_proj.weight"], a["model.layers.3.mlp.up_proj.weight"])
     assert main(["merge", "elchat", "--chat", str(models["chat"]), "--adapted", str(models["adapted"]),
-                 "--rates", "0.5", "--out", str(tmp_path / "bad")]) == 2
+                 "--t", "0.5", "--out", str(tmp_path / "bad")]) == 2
     assert main(["merge", "slerp", "--model-a", str(models["chat"]), "--model-b", str(models["base"]),
                  "--filter", "self_attn=0,1", "--t", "0", "--out", str(tmp_path / "s")]) == 0
     s, c, b = state(tmp_path / "s"), state(models["chat"]), state(models["base"])
@@ -251,8 +253,8 @@ def test_elchat_merge(models, tmp_path, kind):
 
 def test_elchat_ablations_and_other_layers(models, tmp_path):
     # linear ablation with a non-zero t for the other layers; t=1 gives C's layer exactly; without
-    # the copy the embeddings are A's untouched; all rates 0 reproduces A bit for bit.
-    s = elchat_merge(models["chat"], models["adapted"], tmp_path / "l", layers=[1, -1], rates=[1.0, 0.25],
+    # the copy the embeddings are A's untouched; all t = 0 reproduces A bit for bit.
+    s = elchat_merge(models["chat"], models["adapted"], tmp_path / "l", layers=[1, -1], t=[1.0, 0.25],
                      other_t=0.5, method="linear", copy_special=False)
     c, a, m = state(models["chat"]), state(models["adapted"]), state(s["out"])
     name = "model.layers.2.self_attn.q_proj.weight"
@@ -261,7 +263,7 @@ def test_elchat_ablations_and_other_layers(models, tmp_path):
     torch.testing.assert_close(m["model.layers.3.mlp.up_proj.weight"],
                                0.75 * a["model.layers.3.mlp.up_proj.weight"] + 0.25 * c["model.layers.3.mlp.up_proj.weight"])
     assert torch.equal(m["model.embed_tokens.weight"], a["model.embed_tokens.weight"])
-    zero = elchat_merge(models["chat"], models["adapted"], tmp_path / "z", rates=[0, 0, 0, 0],
+    zero = elchat_merge(models["chat"], models["adapted"], tmp_path / "z", t=[0, 0, 0, 0],
                         copy_special=False)
     assert all(torch.equal(v, a[k]) for k, v in state(zero["out"]).items())
 
@@ -272,10 +274,10 @@ def test_bad_inputs_error_before_writing(models, tmp_path, tiny_tokenizer):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="vocabulary"):  # expanded model given as the chat model
         elchat_merge(models["adapted"], models["chat"], out)
-    with pytest.raises(ValueError, match="rate per layer"):
-        elchat_merge(models["chat"], models["adapted"], out, layers=[0, 1], rates=[0.5])
+    with pytest.raises(ValueError, match="one t per layer"):
+        elchat_merge(models["chat"], models["adapted"], out, layers=[0, 1], t=[0.5])
     with pytest.raises(ValueError, match="not a layer index"):
-        elchat_merge(models["chat"], models["adapted"], out, layers=[0, 9], rates=[0.5, 0.5])
+        elchat_merge(models["chat"], models["adapted"], out, layers=[0, 9], t=[0.5, 0.5])
     with pytest.raises(ValueError, match=r"t must be a number in \[0, 1\]"):
         elchat_merge(models["chat"], models["adapted"], out, other_t=1.5)
     three = make_tiny_model(len(tiny_tokenizer), tied=False, seed=9)
@@ -329,6 +331,94 @@ def test_layer_angles(models):
     assert by_name["model.layers.2.mlp.up_proj.weight"]["module"] == "mlp.up_proj.weight"
     assert by_name["model.embed_tokens.weight"]["layer"] is None
     assert all(r["angle"] == 0 for r in layer_angles(models["chat"], models["chat"]))
+
+
+def test_write_layer_angles_csv(models, tmp_path):
+    import csv
+
+    rows = write_layer_angles(models["chat"], models["adapted"], tmp_path / "a" / "angles.csv", "C vs A")
+    with open(tmp_path / "a" / "angles.csv", newline="") as f:
+        read = list(csv.DictReader(f))
+    want = layer_angles(models["chat"], models["adapted"])
+    assert [r["name"] for r in read] == [r["name"] for r in want] and len(rows) == len(want)
+    for got, ref in zip(read, want):
+        assert got["pair"] == "C vs A" and got["module"] == ref["module"]
+        assert got["layer"] == ("" if ref["layer"] is None else str(ref["layer"]))
+        assert float(got["angle"]) == pytest.approx(ref["angle"], abs=1e-9)
+
+
+def test_tensor_names_and_angle():
+    assert layer_index("model.layers.12.self_attn.q_proj.weight") == 12
+    assert layer_index("transformer.h.3.attn.c_attn.weight") == 3
+    assert layer_index("model.norm.weight") is None
+    assert module_name("model.layers.12.self_attn.q_proj.weight") == "self_attn.q_proj.weight"
+    assert module_name("lm_head.weight") == "lm_head.weight"
+    assert angle(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])) == pytest.approx(90.0)
+    assert angle(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])) == pytest.approx(45.0)
+
+
+def test_checkpoint_names_its_role(models, tmp_path):
+    ckpt = Checkpoint.open(models["adapted"], "adapted")
+    sd, cfg = state(models["adapted"]), json.loads((models["adapted"] / "config.json").read_text())
+    assert set(ckpt.names) == set(sd) and ckpt.num_layers == cfg["num_hidden_layers"] == 4
+    assert ckpt.path == models["adapted"] and ckpt.role == "adapted"
+    for name, dtype, shape in ckpt.plan():
+        assert dtype == sd[name].dtype and shape == tuple(sd[name].shape) == ckpt.shape(name)
+        assert ckpt.is_vocab(name) == (shape[0] == cfg["vocab_size"]) == name.endswith(
+            ("embed_tokens.weight", "lm_head.weight"))
+        assert torch.equal(ckpt.read(name), sd[name])
+    with pytest.raises(FileNotFoundError, match="donor model .*config.json"):
+        Checkpoint.open(tmp_path, "donor")
+
+
+def _stage02_run(root: Path, models, layers, base_cpt=True) -> Path:
+    """A run directory as stages 00-02 leave it: sources.json, 02_cpt/chat_cpt (+ base_cpt)."""
+    import shutil
+
+    run = runs.run_dir(root, "micro", "am")
+    runs.write_sources(run, chat=models["chat"], base=models["base"])
+    cpt = runs.stage_dir(run, "02")
+    shutil.copytree(models["adapted"], cpt / "chat_cpt")
+    (cpt / "chat_cpt" / "cpt_summary.json").write_text(json.dumps({"config": {"layers": layers}}))
+    if base_cpt:
+        shutil.copytree(models["base_cpt"], cpt / "base_cpt")
+    return run
+
+
+def test_stage_inputs_reads_layers_stage_02_recorded(models, tmp_path):
+    run = _stage02_run(tmp_path, models, layers=[0, -1])
+    inputs = stage_inputs(run, elchat_t=[0.2, 0.4], sweep_t=[0, 1], cv_ratio=1, lep_mode="swap")
+    assert inputs.layers == [0, -1] and inputs.t == [0.2, 0.4] and inputs.sweep_t == [0.0, 1.0]
+    assert inputs.chat == Path(models["chat"]).resolve() and inputs.base == Path(models["base"]).resolve()
+    assert inputs.chat_cpt == run / "02_cpt" / "chat_cpt" and inputs.base_cpt == run / "02_cpt" / "base_cpt"
+    assert inputs.base_emb is None and inputs.out_dir == run / "03_merge"
+    assert inputs.cv_ratio == 1.0 and inputs.lep_mode == "swap"
+    # the published t list has 4 values; this run trained 2 layers: the error names elchat_t
+    with pytest.raises(ValueError, match=r"elchat_t=.*2 transition layers \[0, -1\]"):
+        stage_inputs(run, elchat_t=list(method.ELCHAT_T), sweep_t=[0.5])
+    for bad, match in [({"sweep_t": [0.5, 1.5]}, "sweep_t"), ({"sweep_t": []}, "sweep_t"),
+                       ({"elchat_t": [0.2, -0.1]}, "elchat_t"), ({"lep_mode": "average"}, "lep_mode"),
+                       ({"cv_ratio": "1"}, "cv_ratio")]:
+        with pytest.raises(ValueError, match=f"parameter {match}="):
+            stage_inputs(run, **{"elchat_t": [0.2, 0.4], "sweep_t": [0.5], **bad})
+    no_cpt = runs.run_dir(tmp_path, "micro", "ta")
+    runs.write_sources(no_cpt, chat=models["chat"])
+    with pytest.raises(FileNotFoundError, match="02_continual_pretraining"):
+        stage_inputs(no_cpt, sweep_t=[0.5])
+    published = _stage02_run(tmp_path / "published", models, layers=list(method.TRANSITION_LAYERS), base_cpt=False)
+    inputs = stage_inputs(published, sweep_t=[0.5])
+    assert inputs.layers == [0, 1, -2, -1] and inputs.t == [0.3, 0.5, 0.5, 0.3] and inputs.base_cpt is None
+
+
+def test_elchat_sweep_sets_every_layer_to_t(models, tmp_path):
+    sweep = elchat_sweep(models["chat"], models["adapted"], tmp_path / "sweep", [0, 1], layers=[0, -1])
+    assert sweep == {0.0: tmp_path / "sweep" / "t0.00", 1.0: tmp_path / "sweep" / "t1.00"}
+    c, a = state(models["chat"]), state(models["adapted"])
+    zero, one = state(sweep[0.0]), state(sweep[1.0])
+    for layer, want_at_one in [(0, c), (1, a), (2, a), (3, c)]:
+        name = f"model.layers.{layer}.mlp.up_proj.weight"
+        assert torch.equal(zero[name], a[name]) and torch.equal(one[name], want_at_one[name])
+    assert json.loads((sweep[1.0] / "merge_recipe.json").read_text())["t"] == {"0": 1.0, "3": 1.0}
 
 
 # --------------------------------------------------------------------------- streaming memory
