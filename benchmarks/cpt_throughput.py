@@ -29,17 +29,26 @@ import argparse
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback,
+                          TrainingArguments, default_data_collator)
+
+from elchat.cpt import CPTConfig, apply_strategy, train
+from elchat.data import load_texts
+from elchat.models import fetch
+from elchat.packing import pack_blocks, token_stream
+
 
 def matmul_peak(device: str, seconds: float = 3.0) -> float:
     """FLOP/s of a large square matmul (fp32 on CPU, bf16 on CUDA): the device's practical peak."""
-    import torch
-
     dev = torch.device(device)
     dtype, n = (torch.bfloat16, 8192) if dev.type == "cuda" else (torch.float32, 2048)
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
@@ -58,8 +67,6 @@ def matmul_peak(device: str, seconds: float = 3.0) -> float:
 
 def train_flops_per_token(model, block_size: int) -> float:
     """Training FLOPs per token by the formula in the module docstring (uses requires_grad)."""
-    import torch
-
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     attn = 2 * block_size * cfg.num_attention_heads * head_dim
@@ -81,10 +88,8 @@ def train_flops_per_token(model, block_size: int) -> float:
 
 def _corpus(n_tokens_needed: int) -> list[str]:
     try:
-        from elchat.data import load_texts
         docs = load_texts("en", "train")
     except Exception:  # data not built: deterministic synthetic prose is as good for throughput
-        import random
         rng = random.Random(0)
         words = "the of and to in language model text new token chat vector merge layer".split()
         docs = [" ".join(rng.choice(words) for _ in range(200)) for _ in range(500)]
@@ -96,18 +101,11 @@ def _corpus(n_tokens_needed: int) -> list[str]:
 
 
 def _worker(args) -> dict:
-    import numpy as np
-    import torch
-
-    from elchat.cpt import CPTConfig, apply_strategy, train
-    from elchat.packing import pack_blocks, token_stream
-
     steps = args.warmup + args.steps
     texts = _corpus(steps * args.batch * args.block)
     config = CPTConfig(strategy="2x2ls", max_steps=steps, block_size=args.block,
                        batch_size=args.batch, log_every=1, eval_every=0, save_every=0,
                        device=args.device, compile=args.compile, seed=0)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     probe = apply_strategy(AutoModelForCausalLM.from_pretrained(args.model), config)
     flops_tok = train_flops_per_token(probe, args.block)
     del probe
@@ -117,9 +115,7 @@ def _worker(args) -> dict:
             rows = json.loads((Path(tmp) / "out" / "log.json").read_text())
             times = [args.batch * args.block / r["tokens_per_s"] for r in rows]
         else:
-            from transformers import (Trainer, TrainerCallback, TrainingArguments,
-                                      default_data_collator)
-            from datasets import Dataset
+            from datasets import Dataset  # optional, slow import: only the Trainer side needs it
             tok = AutoTokenizer.from_pretrained(args.model)
             blocks = pack_blocks(token_stream(tok, texts), args.block)[: steps * args.batch]
             data = Dataset.from_dict({"input_ids": np.asarray(blocks, dtype=np.int64).tolist(),
@@ -167,12 +163,10 @@ def main(argv=None) -> int:
     p.add_argument("--which", choices=["elchat", "trainer"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.model is None:
-        from elchat.models import fetch
         args.model = str(fetch("smollm2-135m")["chat"])
     if args.which:  # subprocess: one side only
         print("RESULT " + json.dumps(_worker(args)))
         return 0
-    import torch
     peak = matmul_peak(args.device)
     results = {}
     for which in ("elchat", "trainer"):

@@ -5,10 +5,12 @@ Objective: causal-LM next-token loss on packed blocks (see `elchat.packing`),
     L(theta) = - 1/(N*B) * sum_blocks sum_i log p_theta(x_i | x_<i),
 
 minimized with AdamW (decoupled weight decay on matrices only, as HF `Trainer`), a cosine schedule
-with linear warmup, gradient clipping at 1.0. Only a subset of parameters is trained (strategy):
+with linear warmup, gradient clipping at 1.0. Only a subset of parameters is trained (strategy;
+the names, the transition layers and the learning rates are published in `elchat.method`):
 
-    2x2ls       layers (0, 1, -2, -1) + input embeddings + lm_head + final norm   (ElChat default,
-                Yamaguchi et al. 2024/2025: first/last 2 layers hold most language-specific work)
+    2x2ls       transition layers (method.TRANSITION_LAYERS: 0, 1, -2, -1) + input embeddings +
+                lm_head + final norm (ElChat default, Yamaguchi et al. 2025: first/last 2
+                layers hold most language-specific work)
     embeddings  input embeddings + lm_head only                                  (LEP donor, Tikhomirov
                 & Chernyshev 2024)
     full        every parameter
@@ -17,14 +19,18 @@ with linear warmup, gradient clipping at 1.0. Only a subset of parameters is tra
 
 With tied embeddings (SmolLM2) the shared matrix is one trainable parameter.
 
-Reliability: every `save_every` steps the trainable tensors (safetensors), the optimizer state, the
-scheduler state, the RNG states (python, numpy, torch) and the step (which fixes the data position:
-block order is a pure function of seed, epoch and step) go to `out_dir/checkpoints/last/` through
-`elchat.atomic.atomic_dir`, so a run killed mid-write keeps the previous checkpoint. `resume=True`
+`train` is a short recipe over named steps: `_setup_data` (tokenize and pack), `_setup_model`
+(load, freeze, compile), `_setup_optimizer` (AdamW + schedule), `_resume_or_start`, then per step
+`_train_step`, `_log_row`, `_validation_row`, `_checkpoint`, and `_finalize` (merge LoRA, dtype,
+summary, atomic write).
+
+Reliability (`elchat.checkpoint`): every `save_every` steps the trainable tensors, optimizer,
+scheduler and RNG states and the step go to `out_dir/checkpoints/last/` atomically; `resume=True`
 continues from it bit-exactly on CPU. At the end the model (+ tokenizer) is written atomically as a
 Hugging Face directory at `out_dir` with `log.csv`, `log.json`, `cpt_summary.json`; the checkpoints
-are dropped then (the final model is the result; rerunning with `resume=True` returns it at once). While training, `out_dir` holds only logs and checkpoints
-(no `config.json`), so a later stage cannot load a half-trained model.
+are dropped then (the final model is the result; rerunning with `resume=True` returns it at once).
+While training, `out_dir` holds only logs and checkpoints (no `config.json`), so a later stage
+cannot load a half-trained model.
 
 Scale: the loop is written against `accelerate.Accelerator`, so one script runs on a CPU, one GPU,
 or several GPUs (DDP, or FSDP via `accelerate config`):
@@ -42,34 +48,74 @@ import io
 import json
 import math
 import random
+import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer,
+                          get_cosine_schedule_with_warmup,
+                          get_cosine_with_min_lr_schedule_with_warmup)
 
-from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
-
+from . import checkpoint, data, method, runs
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
+from .device import pick_device, pick_dtype
+from .evaluation.bpc import bits_per_char
 from .packing import pack_blocks, token_stream
 
-STRATEGIES = ("2x2ls", "embeddings", "full", "lora")
+try:  # regional compilation exists since accelerate 1.7; only compile=True needs it
+    from accelerate.utils import compile_regions
+except ImportError:  # pragma: no cover - older accelerate
+    compile_regions = None
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Changing these between a run and its resume does not change the trained weights.
 _RESUME_FREE = {"save_every", "compile", "cache_dir", "device"}
+LOG_COLUMNS = ["step", "tokens", "epoch", "lr", "train_loss", "valid_loss", "valid_bpc",
+               "tokens_per_s", "elapsed_s"]
+# cpt_summary.json key -> column of the stage's summary.csv
+SUMMARY_COLUMNS = {"strategy": "strategy", "steps": "steps", "tokens": "tokens",
+                   "trainable_params": "trainable params", "final_train_loss": "train loss",
+                   "final_valid_loss": "valid loss", "final_valid_bpc": "valid BPC",
+                   "train_tokens_per_s": "tokens/s"}
+
+
+def check_strategy(value, name: str = "strategy") -> str:
+    """`value` if it is a CPT strategy of `elchat.method`, else an error naming `name`.
+
+    Example: `check_strategy("2x2ls") == "2x2ls"`; `check_strategy("x", "base_strategy_lep")` raises.
+    """
+    if value not in method.CPT_STRATEGIES:
+        raise ValueError(f"{name}={value!r}: unknown CPT strategy; choose one of "
+                         f"{', '.join(method.CPT_STRATEGIES)}")
+    return value
 
 
 @dataclass
 class CPTConfig:
     """Every CPT setting with its default (source in brackets).
 
+    The strategies, the transition layers and the published learning rates are defined once in
+    `elchat.method` (`CPT_STRATEGIES`, `TRANSITION_LAYERS`, `default_lr`):
+
+    | strategy     | trains                                              | lr when None                    |
+    |--------------|-----------------------------------------------------|---------------------------------|
+    | `2x2ls`      | `layers` + input embeddings + lm_head + final norm  | method.CPT_DEFAULT_LR           |
+    | `embeddings` | input embeddings + lm_head                          | method.CPT_LR["embeddings"]     |
+    | `full`       | every parameter                                     | method.CPT_DEFAULT_LR           |
+    | `lora`       | LoRA adapters + input embeddings + lm_head          | method.CPT_DEFAULT_LR           |
+
     Example: `CPTConfig(strategy="embeddings", max_steps=200)` (lr resolves to 1e-4).
     """
 
-    strategy: str = "2x2ls"              # trainable subset, see module docstring [ElChat]
-    layers: tuple = (0, 1, -2, -1)       # transformer layers trained by 2x2ls [ElChat]
-    lr: float | None = None              # peak lr; None: 5e-5, 1e-4 for embeddings [ElChat, LEP]
+    strategy: str = "2x2ls"              # trainable subset: one of method.CPT_STRATEGIES [ElChat]
+    layers: tuple = method.TRANSITION_LAYERS  # transformer layers trained by 2x2ls [ElChat]
+    lr: float | None = None              # peak lr; None: method.default_lr(strategy) [ElChat, LEP]
     weight_decay: float = 0.01           # AdamW decoupled decay on matrices [ElChat]
     warmup_ratio: float = 0.05           # linear warmup share of the steps, then cosine [ElChat]
     max_grad_norm: float = 1.0           # gradient clipping (HF Trainer default) [ElChat]
@@ -94,13 +140,17 @@ class CPTConfig:
     cache_dir: str | None = None         # tokenized corpora; None: $ELCHAT_CACHE/tokens
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
-        self.layers = tuple(int(i) for i in self.layers)
+        check_strategy(self.strategy)
+        try:
+            self.layers = tuple(int(i) for i in self.layers)
+        except (TypeError, ValueError):
+            raise ValueError(f"layers={self.layers!r}: expected layer indices such as "
+                             f"{list(method.TRANSITION_LAYERS)}") from None
         if self.strategy == "2x2ls" and not self.layers:
-            raise ValueError("layers=(): 2x2ls needs at least one layer index, e.g. (0, 1, -2, -1)")
+            raise ValueError("layers=(): 2x2ls needs at least one layer index, e.g. "
+                             f"{method.TRANSITION_LAYERS}")
         if self.lr is None:
-            self.lr = 1e-4 if self.strategy == "embeddings" else 5e-5
+            self.lr = method.default_lr(self.strategy)
         for name in ("max_steps", "max_tokens", "log_every", "eval_every", "save_every", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
@@ -122,6 +172,10 @@ class CPTConfig:
         return math.ceil(self.max_tokens / tokens_per_step) if self.max_tokens else self.max_steps
 
 
+def _config_json(config: CPTConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
 def _decoder_layers(model):
     n = model.config.num_hidden_layers
     for module in model.modules():
@@ -138,16 +192,18 @@ def _final_norm(model):
     raise ValueError(f"cannot find the final norm of {type(model).__name__} (for 2x2ls)")
 
 
-def resolve_layers(layers, num_layers: int) -> list[int]:
-    """Normalize layer indices (negative from the end); error when out of range.
+def _lora_model(model, config: CPTConfig):
+    from peft import LoraConfig, get_peft_model  # optional, slow import: only the lora strategy
 
-    Example: `resolve_layers((0, 1, -2, -1), 30) == [0, 1, 28, 29]`.
-    """
-    bad = [i for i in layers if not -num_layers <= i < num_layers]
-    if bad:
-        raise ValueError(f"layers={tuple(layers)}: index {bad[0]} out of range for a model with "
-                         f"{num_layers} layers (valid: {-num_layers} .. {num_layers - 1})")
-    return sorted({i % num_layers for i in layers})
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    embeddings = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                  if m is model.get_input_embeddings() or m is model.get_output_embeddings()}
+    lora_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                             lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+                             target_modules=[t for t in LORA_TARGETS if t in names],
+                             modules_to_save=sorted(embeddings),
+                             ensure_weight_tying=bool(model.config.tie_word_embeddings))
+    return get_peft_model(model, lora_config)
 
 
 def apply_strategy(model, config: CPTConfig):
@@ -159,23 +215,13 @@ def apply_strategy(model, config: CPTConfig):
         p.requires_grad_(config.strategy == "full")
     if config.strategy == "full":
         return model
+    if config.strategy == "lora":
+        return _lora_model(model, config)
     trainable = [model.get_input_embeddings(), model.get_output_embeddings()]
     if config.strategy == "2x2ls":
         blocks = _decoder_layers(model)
-        trainable += [blocks[i] for i in resolve_layers(config.layers, len(blocks))]
+        trainable += [blocks[i] for i in method.resolve_layers(config.layers, len(blocks))]
         trainable.append(_final_norm(model))
-    if config.strategy == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        emb = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-               if m is model.get_input_embeddings() or m is model.get_output_embeddings()}
-        lcfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-                          target_modules=[t for t in LORA_TARGETS if t in names],
-                          modules_to_save=sorted(emb),
-                          ensure_weight_tying=bool(model.config.tie_word_embeddings))
-        return get_peft_model(model, lcfg)
     for module in trainable:
         if module is not None:
             module.requires_grad_(True)
@@ -183,8 +229,6 @@ def apply_strategy(model, config: CPTConfig):
 
 
 def _mixed_precision(config: CPTConfig) -> tuple[bool, str]:
-    from .device import pick_device, pick_dtype
-
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     mp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
@@ -193,28 +237,26 @@ def _mixed_precision(config: CPTConfig) -> tuple[bool, str]:
 
 def _check_inputs(model_dir: Path, train_texts, config: CPTConfig):
     """Everything checkable from config.json + tokenizer, before loading weights or writing."""
-    from transformers import AutoConfig, AutoTokenizer
-
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    mcfg = AutoConfig.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if mcfg.vocab_size < len(tok):
-        raise ValueError(f"{model_dir}: model vocab size {mcfg.vocab_size} < tokenizer length "
-                         f"{len(tok)}; the embeddings were not resized for the expanded tokenizer "
-                         "(run stage 01, elchat.embeddings.resize_and_initialize, first)")
-    max_pos = getattr(mcfg, "max_position_embeddings", None)
+    model_config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if model_config.vocab_size < len(tokenizer):
+        raise ValueError(f"{model_dir}: model vocab size {model_config.vocab_size} < tokenizer "
+                         f"length {len(tokenizer)}; the embeddings were not resized for the expanded "
+                         "tokenizer (run stage 01, elchat.embeddings.resize_and_initialize, first)")
+    max_pos = getattr(model_config, "max_position_embeddings", None)
     if max_pos is not None and config.block_size > max_pos:
         raise ValueError(f"block_size={config.block_size} exceeds the model's "
                          f"max_position_embeddings={max_pos}; use block_size <= {max_pos}")
     if config.strategy == "2x2ls":
-        resolve_layers(config.layers, mcfg.num_hidden_layers)
+        method.resolve_layers(config.layers, model_config.num_hidden_layers)
     if isinstance(train_texts, str):
         raise ValueError("train_texts must be a list of documents, not one string")
     texts = [t for t in train_texts if t and t.strip()]
     if not texts:
         raise ValueError("the training corpus is empty (no non-blank documents)")
-    return mcfg, tok, texts
+    return model_config, tokenizer, texts
 
 
 def _block_order(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
@@ -237,69 +279,11 @@ class _Blocks:
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-def _rng_state() -> tuple[dict, dict]:
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda_{i}"] = s
-    np_state = np.random.get_state()
-    py = random.getstate()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), *[int(x) if i < 2 else float(x)
-                                                            for i, x in enumerate(np_state[2:])]]}
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict, meta: dict):
-    torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda_"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-
-
-def _save_checkpoint(path: Path, named_trainable, optimizer, scheduler, state: dict):
-    from safetensors.torch import save_file
-
-    with atomic_dir(path) as tmp:
-        save_file({n: p.detach().cpu().contiguous() for n, p in named_trainable},
-                  str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        rng_tensors, rng_meta = _rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        atomic_write_json(tmp / "state.json", {**state, "scheduler": scheduler.state_dict(),
-                                               "rng": rng_meta})
-        atomic_write_text(tmp / "complete", "ok\n")  # written last: marks a usable checkpoint
-
-
-def find_checkpoint(out_dir) -> Path | None:
-    """The last complete checkpoint under `out_dir/checkpoints` (recovers an interrupted rename).
-
-    Example: `find_checkpoint("runs/micro/am/02_cpt/chat_cpt")` -> `.../checkpoints/last` or None.
-    """
-    root = Path(out_dir) / "checkpoints"
-    last, old = root / "last", root / ".tmp-last-old"
-    if (last / "complete").is_file():
-        return last
-    if (old / "complete").is_file():  # killed between the two renames of atomic_dir
-        if last.exists():
-            import shutil
-            shutil.rmtree(last)
-        old.rename(last)
-        return last
-    return None
-
-
 def _write_logs(out_dir: Path, rows: list[dict]):
-    cols = ["step", "tokens", "epoch", "lr", "train_loss", "valid_loss", "valid_bpc",
-            "tokens_per_s", "elapsed_s"]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows([{k: ("" if r.get(k) is None else r[k]) for k in cols} for r in rows])
+    writer.writerows([{k: ("" if r.get(k) is None else r[k]) for k in LOG_COLUMNS} for r in rows])
     atomic_write_text(out_dir / "log.csv", buf.getvalue())
     atomic_write_json(out_dir / "log.json", rows)
 
@@ -333,92 +317,71 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio:
     return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
-def _make_optimizer(named, config: CPTConfig):
-    return make_optimizer(named, config.lr, config.weight_decay)
+@dataclass
+class _Data:
+    """The packed corpus of a run."""
+
+    blocks: np.ndarray                  # training blocks (block_size tokens each)
+    valid_blocks: np.ndarray | None     # validation blocks for the loss; None: no validation
+    valid_docs: list[str]               # validation documents for BPC
 
 
-def _evaluate(model, tokenizer, vblocks, valid_docs, config: CPTConfig, accelerator) -> dict:
-    """Validation loss on packed valid blocks and BPC (elchat.evaluation.bpc) on valid documents."""
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(vblocks), config.batch_size):
-            ids = torch.from_numpy(np.asarray(vblocks[i:i + config.batch_size]).astype(np.int64))
-            ids = ids.to(accelerator.device)
-            total += model(input_ids=ids, labels=ids).loss.float().item() * len(ids)
-    out = {"valid_loss": total / len(vblocks)}
-    from .evaluation.bpc import bits_per_char
+@dataclass
+class _Run:
+    """What the steps of one run share. `step`, `rows` and `window` are its position (checkpointed)."""
 
-    out["valid_bpc"] = bits_per_char(accelerator.unwrap_model(model), tokenizer, valid_docs,
-                                     max_length=config.block_size,
-                                     batch_size=config.batch_size)["bpc"]
-    model.train()
-    return out
-
-
-def _config_json(config: CPTConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))
-
-
-def _restore(ckpt: Path, named, optimizer, scheduler, config: CPTConfig, n_blocks: int) -> dict:
-    from safetensors.torch import load_file
-
-    state = json.loads((ckpt / "state.json").read_text())
-    now, then = _config_json(config), state["config"]
-    diff = [k for k in now if k not in _RESUME_FREE and then.get(k) != now[k]]
-    if state.get("n_blocks") != n_blocks:
-        diff.append(f"corpus ({state.get('n_blocks')} blocks then, {n_blocks} now)")
-    if diff:
-        raise ValueError(f"cannot resume from {ckpt}: settings differ from the checkpoint's "
-                         f"({', '.join(diff)}); use the same settings or resume=False to start over")
-    weights = load_file(str(ckpt / "trainable.safetensors"))
-    if set(weights) != {n for n, _ in named}:
-        raise ValueError(f"cannot resume from {ckpt}: its trainable tensors do not match the model")
-    with torch.no_grad():
-        for n, p in named:
-            p.copy_(weights[n])
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(load_file(str(ckpt / "rng.safetensors")), state["rng"])
-    return state
+    config: CPTConfig
+    model_dir: Path
+    out_dir: Path
+    tokenizer: object
+    data: _Data
+    accelerator: Accelerator
+    raw_model: torch.nn.Module          # as loaded and frozen: what is merged and saved at the end
+    model: torch.nn.Module              # what is trained: compiled, then wrapped by accelerate
+    named: list                         # (name, parameter) of the trainable parameters
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total: int                          # optimizer steps of the run
+    tokens_per_step: int
+    sampler: _Blocks                    # which blocks each step reads
+    step: int = 0
+    rows: list = field(default_factory=list)      # log rows (log.csv / log.json)
+    window: list = field(default_factory=lambda: [0.0, 0])  # [loss sum, steps] since the last row
+    resumed_from: int | None = None
+    elapsed_before: float = 0.0         # seconds trained before this session (a resumed run)
+    started: float = 0.0                # perf_counter at the start of this session's loop
+    window_start: float = 0.0           # perf_counter at the last train row (evaluation excluded)
+    window_step: int = 0                # step of the last train row
 
 
-def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None = None,
-          resume: bool = False, progress: bool = True) -> dict:
-    """Continually pre-train the HF model at `model_dir`; write the result as an HF dir at `out_dir`.
-
-    Returns a summary dict (also `out_dir/cpt_summary.json`). With `resume=True` a finished run with
-    the same settings is returned as is, and an interrupted one continues from its last checkpoint.
-    Example: `train("runs/micro/am/01_vocab/chat_ve", load_texts("am"), load_texts("am", "valid"),
-    "runs/micro/am/02_cpt/chat_cpt", CPTConfig(max_steps=50))`.
-    """
-    import shutil
-
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
-
-    config = config if config is not None else CPTConfig()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    mcfg, tok, texts = _check_inputs(model_dir, train_texts, config)
-    cpu, mixed_precision = _mixed_precision(config)
+def _finished_summary(out_dir: Path, model_dir: Path, config: CPTConfig) -> dict | None:
+    """The summary of a finished run at `out_dir` with the same settings and source, else None."""
     summary_path = out_dir / "cpt_summary.json"
-    if resume and (out_dir / "config.json").is_file() and summary_path.is_file():
+    if runs.has_model(out_dir) and summary_path.is_file():
         done = json.loads(summary_path.read_text())
         if done.get("config") == _config_json(config) and done.get("model_dir") == str(model_dir):
             return done
-    stream = token_stream(tok, texts, config.cache_dir, desc="tokenize train")
+    return None
+
+
+def _setup_data(tokenizer, texts: list[str], valid_texts, config: CPTConfig) -> _Data:
+    """Tokenize (cached) and pack the training and validation documents."""
+    stream = token_stream(tokenizer, texts, config.cache_dir, desc="tokenize train")
     blocks = pack_blocks(stream, config.block_size)
     if len(blocks) == 0:
         raise ValueError(f"the training corpus has {len(stream)} tokens, fewer than one block of "
                          f"{config.block_size}; give more text or a smaller block_size")
     valid_docs = [t for t in (valid_texts or []) if t and t.strip()][:config.eval_max_docs]
-    vstream = token_stream(tok, valid_docs, config.cache_dir, desc="tokenize valid")
-    vblocks = pack_blocks(vstream, min(config.block_size, len(vstream))) if len(vstream) >= 2 else None
+    valid_stream = token_stream(tokenizer, valid_docs, config.cache_dir, desc="tokenize valid")
+    valid_blocks = (pack_blocks(valid_stream, min(config.block_size, len(valid_stream)))
+                    if len(valid_stream) >= 2 else None)
+    return _Data(blocks, valid_blocks, valid_docs)
 
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
-    main = accelerator.is_main_process
-    random.seed(config.seed)
+
+def _setup_model(model_dir: Path, config: CPTConfig):
+    """(raw model, model to train, trainable (name, parameter) pairs): seeded fp32 load, freeze
+    per strategy, optional gradient checkpointing and regional compilation."""
+    random.seed(config.seed)  # LoRA init and dropout draw from these generators
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
@@ -428,114 +391,177 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_strategy(model, config)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = _make_optimizer(named, config)
-    world, accum, micro = accelerator.num_processes, config.grad_accum, config.batch_size
-    tokens_per_step = micro * accum * world * config.block_size
-    total = config.total_steps(tokens_per_step)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
-
-    ckpt = find_checkpoint(out_dir) if resume else None
-    step, rows, window = 0, [], [0.0, 0]
-    if ckpt is not None:
-        state = _restore(ckpt, named, optimizer, scheduler, config, len(blocks))
-        step, rows, window = state["step"], state["rows"], state["window"]
-    elif main:  # a fresh start forgets the state of an earlier run in out_dir
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        for name in ("log.csv", "log.json"):
-            (out_dir / name).unlink(missing_ok=True)
-    resumed_from = step if ckpt is not None else None
-    raw = model
+    trained = model
     if config.compile:  # regional: one decoder layer is compiled and reused by all (fast start)
-        from accelerate.utils import compile_regions
-        model = compile_regions(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    forward = model
-    sampler = _Blocks(blocks, config.seed)
-    trainable = [p for _, p in named]
+        if compile_regions is None:
+            raise ValueError("compile=True needs accelerate >= 1.7 (accelerate.utils.compile_regions)")
+        trained = compile_regions(model)  # shares the parameters of `model`
+    return model, trained, named
 
-    bar = tqdm(total=total, initial=step, desc=f"cpt {config.strategy}", unit="step",
-               disable=not (progress and main), dynamic_ncols=True)
-    elapsed0 = next((r["elapsed_s"] for r in reversed(rows) if r.get("elapsed_s") is not None), 0.0)
-    t_start = t_window = time.perf_counter()
-    step_window = step
-    if step == 0 and vblocks is not None:  # the starting point of the curves (stage 01's init)
-        rows.append({"step": 0, "tokens": 0, "lr": scheduler.get_last_lr()[0],
-                     **_evaluate(model, tok, vblocks, valid_docs, config, accelerator)})
-        t_window = time.perf_counter()
+
+def _setup_optimizer(named: list, config: CPTConfig, processes: int):
+    """(optimizer, scheduler, total steps, tokens per step) of the run."""
+    optimizer = make_optimizer(named, config.lr, config.weight_decay)
+    tokens_per_step = config.batch_size * config.grad_accum * processes * config.block_size
+    total = config.total_steps(tokens_per_step)
+    scheduler = make_scheduler(optimizer, math.ceil(config.warmup_ratio * total), total)
+    return optimizer, scheduler, total, tokens_per_step
+
+
+def _resume_or_start(run: _Run, resume: bool) -> None:
+    """Continue from the last checkpoint, or forget what an earlier run left in `out_dir`."""
+    found = checkpoint.find_checkpoint(run.out_dir) if resume else None
+    if found is not None:
+        state = checkpoint.restore_checkpoint(found, run.named, run.optimizer, run.scheduler,
+                                              _config_json(run.config), len(run.data.blocks),
+                                              free=_RESUME_FREE)
+        run.step, run.rows, run.window = state["step"], state["rows"], state["window"]
+        run.resumed_from = run.step
+    elif run.accelerator.is_main_process:
+        shutil.rmtree(run.out_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
+        for name in ("log.csv", "log.json"):
+            (run.out_dir / name).unlink(missing_ok=True)
+
+
+def _evaluate(run: _Run) -> dict:
+    """Validation loss on packed valid blocks and BPC (elchat.evaluation.bpc) on valid documents."""
+    model, config, accelerator = run.model, run.config, run.accelerator
+    valid_blocks = run.data.valid_blocks
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(valid_blocks), config.batch_size):
+            ids = torch.from_numpy(np.asarray(valid_blocks[i:i + config.batch_size]).astype(np.int64))
+            ids = ids.to(accelerator.device)
+            total += model(input_ids=ids, labels=ids).loss.float().item() * len(ids)
+    out = {"valid_loss": total / len(valid_blocks)}
+    out["valid_bpc"] = bits_per_char(accelerator.unwrap_model(model), run.tokenizer,
+                                     run.data.valid_docs, max_length=config.block_size,
+                                     batch_size=config.batch_size)["bpc"]
     model.train()
-    while step < total:
-        loss_sum, lr = 0.0, scheduler.get_last_lr()[0]
-        for a in range(accum):
-            first = ((step * accum + a) * world + accelerator.process_index) * micro
-            ids = sampler.batch(first, micro).to(accelerator.device)
-            with contextlib.nullcontext() if a == accum - 1 else accelerator.no_sync(model):
-                loss = forward(input_ids=ids, labels=ids).loss
-                value = loss.item()
-                if not math.isfinite(value):
-                    bar.close()
-                    kept = f"the last good checkpoint {find_checkpoint(out_dir)} is kept" \
-                        if find_checkpoint(out_dir) else "no checkpoint was written yet"
-                    raise FloatingPointError(
-                        f"training loss is {value} at step {step + 1} (strategy {config.strategy}, "
-                        f"lr {lr:.3g}); stopped, {kept}. Lower lr, check the data or use "
-                        "dtype='fp32', then rerun (resume=True continues from the checkpoint)")
-                accelerator.backward(loss / accum)
-            loss_sum += value / accum
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window = [window[0] + loss_sum, window[1] + 1]
+    return out
+
+
+def _non_finite_loss(run: _Run, value: float, lr: float) -> FloatingPointError:
+    last = checkpoint.find_checkpoint(run.out_dir)
+    kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
+    return FloatingPointError(
+        f"training loss is {value} at step {run.step + 1} (strategy {run.config.strategy}, "
+        f"lr {lr:.3g}); stopped, {kept}. Lower lr, check the data or use "
+        "dtype='fp32', then rerun (resume=True continues from the checkpoint)")
+
+
+def _train_step(run: _Run, lr: float) -> float:
+    """One optimizer step over `grad_accum` micro-batches; returns its mean loss."""
+    config, accelerator = run.config, run.accelerator
+    accum, micro, world = config.grad_accum, config.batch_size, accelerator.num_processes
+    loss_sum = 0.0
+    for a in range(accum):
+        first = ((run.step * accum + a) * world + accelerator.process_index) * micro
+        ids = run.sampler.batch(first, micro).to(accelerator.device)
+        # gradients are all-reduced across processes once, on the last micro-batch
+        with contextlib.nullcontext() if a == accum - 1 else accelerator.no_sync(run.model):
+            loss = run.model(input_ids=ids, labels=ids).loss
+            value = loss.item()
+            if not math.isfinite(value):
+                raise _non_finite_loss(run, value, lr)
+            accelerator.backward(loss / accum)
+        loss_sum += value / accum
+    if config.max_grad_norm:
+        accelerator.clip_grad_norm_([p for _, p in run.named], config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def _due(every: int, run: _Run) -> bool:
+    return bool(every and run.step % every == 0) or run.step == run.total
+
+
+def _log_row(run: _Run, lr: float, bar) -> dict | None:
+    """The train-loss row of this step (every `log_every` steps and the last), else None."""
+    if not _due(run.config.log_every, run):
+        return None
+    now = time.perf_counter()
+    device = run.accelerator.device
+    mean = run.accelerator.reduce(torch.tensor(run.window[0] / run.window[1], device=device),
+                                  "mean").item()
+    tokens = run.step * run.tokens_per_step
+    tps = (run.step - run.window_step) * run.tokens_per_step / max(now - run.window_start, 1e-9)
+    row = {"step": run.step, "tokens": tokens,
+           "epoch": round(tokens / run.config.block_size / len(run.data.blocks), 6), "lr": lr,
+           "train_loss": mean, "tokens_per_s": round(tps, 2),
+           "elapsed_s": round(run.elapsed_before + now - run.started, 3)}
+    run.window, run.window_start, run.window_step = [0.0, 0], now, run.step
+    bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:.0f}")
+    return row
+
+
+def _validation_row(run: _Run, row: dict | None, lr: float) -> dict | None:
+    """`row` with the validation loss and BPC added when an evaluation is due."""
+    if run.data.valid_blocks is None or not _due(run.config.eval_every, run):
+        return row
+    eval_start = time.perf_counter()
+    row = row or {"step": run.step, "tokens": run.step * run.tokens_per_step, "lr": lr,
+                  "elapsed_s": round(run.elapsed_before + time.perf_counter() - run.started, 3)}
+    row.update(_evaluate(run))
+    run.window_start += time.perf_counter() - eval_start  # tokens/s counts training time only
+    return row
+
+
+def _checkpoint(run: _Run, lr: float) -> None:
+    """Save a checkpoint every `save_every` steps (never the last: the final model follows)."""
+    config = run.config
+    if not (config.save_every and run.step % config.save_every == 0 and run.step < run.total
+            and run.accelerator.is_main_process):
+        return
+    if not all(bool(torch.isfinite(p).all()) for _, p in run.named):  # never save a bad state
+        raise FloatingPointError(
+            f"non-finite weights after step {run.step} (strategy {config.strategy}, lr "
+            f"{lr:.3g}); stopped before checkpointing, the last good checkpoint "
+            f"({checkpoint.find_checkpoint(run.out_dir) or 'none yet'}) is kept. Lower lr and rerun")
+    checkpoint.save_checkpoint(
+        run.out_dir / checkpoint.CHECKPOINTS / checkpoint.LAST, run.named, run.optimizer,
+        run.scheduler, {"step": run.step, "rows": run.rows, "window": run.window,
+                        "n_blocks": len(run.data.blocks), "config": _config_json(config),
+                        "model_dir": str(run.model_dir)})
+
+
+def _train_loop(run: _Run, bar) -> None:
+    """Train from `run.step` to `run.total`, logging, validating and checkpointing on the way."""
+    run.elapsed_before = next((r["elapsed_s"] for r in reversed(run.rows)
+                               if r.get("elapsed_s") is not None), 0.0)
+    run.started = run.window_start = time.perf_counter()
+    run.window_step = run.step
+    if run.step == 0 and run.data.valid_blocks is not None:  # the curves' start: stage 01's init
+        run.rows.append({"step": 0, "tokens": 0, "lr": run.scheduler.get_last_lr()[0],
+                         **_evaluate(run)})
+        run.window_start = time.perf_counter()
+    run.model.train()
+    while run.step < run.total:
+        lr = run.scheduler.get_last_lr()[0]
+        loss = _train_step(run, lr)
+        run.step += 1
+        run.window = [run.window[0] + loss, run.window[1] + 1]
         bar.update(1)
-        row = None
-        if (config.log_every and step % config.log_every == 0) or step == total:
-            now = time.perf_counter()
-            mean = accelerator.reduce(torch.tensor(window[0] / window[1], device=accelerator.device),
-                                      "mean").item()
-            tps = (step - step_window) * tokens_per_step / max(now - t_window, 1e-9)
-            row = {"step": step, "tokens": step * tokens_per_step, "epoch": round(
-                step * tokens_per_step / config.block_size / len(blocks), 6), "lr": lr,
-                "train_loss": mean, "tokens_per_s": round(tps, 2),
-                "elapsed_s": round(elapsed0 + now - t_start, 3)}
-            window, t_window, step_window = [0.0, 0], now, step
-            bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{tps:.0f}")
-        if vblocks is not None and ((config.eval_every and step % config.eval_every == 0)
-                                    or step == total):
-            t_eval = time.perf_counter()
-            row = row or {"step": step, "tokens": step * tokens_per_step, "lr": lr,
-                          "elapsed_s": round(elapsed0 + time.perf_counter() - t_start, 3)}
-            row.update(_evaluate(model, tok, vblocks, valid_docs, config, accelerator))
-            t_window += time.perf_counter() - t_eval  # tokens/s counts training time only
+        row = _validation_row(run, _log_row(run, lr, bar), lr)
         if row is not None:
-            rows.append(row)
-            if main:
-                _write_logs(out_dir, rows)
-        if config.save_every and step % config.save_every == 0 and step < total and main:
-            if not all(bool(torch.isfinite(p).all()) for p in trainable):  # never save a bad state
-                bar.close()
-                raise FloatingPointError(
-                    f"non-finite weights after step {step} (strategy {config.strategy}, lr "
-                    f"{lr:.3g}); stopped before checkpointing, the last good checkpoint "
-                    f"({find_checkpoint(out_dir) or 'none yet'}) is kept. Lower lr and rerun")
-            _save_checkpoint(out_dir / "checkpoints" / "last", named, optimizer, scheduler,
-                             {"step": step, "rows": rows, "window": window, "n_blocks": len(blocks),
-                              "config": _config_json(config), "model_dir": str(model_dir)})
-    bar.close()
-    accelerator.wait_for_everyone()
-    final = raw.merge_and_unload() if config.strategy == "lora" else raw
-    final.config.use_cache = True
-    source_dtype = getattr(mcfg, "dtype", None)
-    source_dtype = getattr(torch, source_dtype, None) if isinstance(source_dtype, str) else source_dtype
-    if source_dtype in (torch.bfloat16, torch.float16):  # fp32 master weights, saved as they came
-        final = final.to(source_dtype)
+            run.rows.append(row)
+            if run.accelerator.is_main_process:
+                _write_logs(run.out_dir, run.rows)
+        _checkpoint(run, lr)
+
+
+def _summary(run: _Run, final) -> dict:
+    rows = run.rows
     train_rows = [r for r in rows if r.get("train_loss") is not None]
     eval_rows = [r for r in rows if r.get("valid_loss") is not None]
-    summary = {
-        "out_dir": str(out_dir), "model_dir": str(model_dir), "strategy": config.strategy,
-        "steps": step, "tokens": step * tokens_per_step, "train_blocks": len(blocks),
-        "trainable_params": sum(p.numel() for p in trainable),
+    return {
+        "out_dir": str(run.out_dir), "model_dir": str(run.model_dir),
+        "strategy": run.config.strategy, "steps": run.step,
+        "tokens": run.step * run.tokens_per_step, "train_blocks": len(run.data.blocks),
+        "trainable_params": sum(p.numel() for _, p in run.named),
         "total_params": sum(p.numel() for p in final.parameters()),
         "final_train_loss": train_rows[-1]["train_loss"] if train_rows else None,
         "final_valid_loss": eval_rows[-1]["valid_loss"] if eval_rows else None,
@@ -543,37 +569,103 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
         "train_tokens_per_s": round(np.mean([r["tokens_per_s"] for r in train_rows]), 2)
         if train_rows else None,
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
-        "resumed_from_step": resumed_from, "processes": world,
-        "config": _config_json(config),
+        "resumed_from_step": run.resumed_from, "processes": run.accelerator.num_processes,
+        "config": _config_json(run.config),
     }
-    if main:
-        with atomic_dir(out_dir) as tmp:  # replaces logs + checkpoints with the final model
+
+
+def _finalize(run: _Run, model_config) -> dict:
+    """Merge LoRA, restore the source dtype, write model + logs + summary atomically at `out_dir`."""
+    final = run.raw_model.merge_and_unload() if run.config.strategy == "lora" else run.raw_model
+    final.config.use_cache = True
+    source_dtype = getattr(model_config, "dtype", None)
+    source_dtype = getattr(torch, source_dtype, None) if isinstance(source_dtype, str) else source_dtype
+    if source_dtype in (torch.bfloat16, torch.float16):  # fp32 master weights, saved as they came
+        final = final.to(source_dtype)
+    summary = _summary(run, final)
+    if run.accelerator.is_main_process:
+        with atomic_dir(run.out_dir) as tmp:  # replaces logs + checkpoints with the final model
             final.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            _write_logs(tmp, rows)
+            run.tokenizer.save_pretrained(tmp)
+            _write_logs(tmp, run.rows)
             atomic_write_json(tmp / "cpt_summary.json", summary)
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     return summary
 
 
-def _texts_for_cli(args) -> tuple[list[str], list[str]]:
-    if args.hub_dataset:
-        from . import data
+def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None = None,
+          resume: bool = False, progress: bool = True) -> dict:
+    """Continually pre-train the HF model at `model_dir`; write the result as an HF dir at `out_dir`.
 
+    Returns a summary dict (also `out_dir/cpt_summary.json`). With `resume=True` a finished run with
+    the same settings is returned as is, and an interrupted one continues from its last checkpoint.
+    Example: `train("runs/micro/am/01_vocab/chat_ve", *data.train_valid("am"),
+    "runs/micro/am/02_cpt/chat_cpt", CPTConfig(max_steps=50))`.
+    """
+    config = config if config is not None else CPTConfig()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_config, tokenizer, texts = _check_inputs(model_dir, train_texts, config)
+    cpu, mixed_precision = _mixed_precision(config)
+    finished = _finished_summary(out_dir, model_dir, config) if resume else None
+    if finished is not None:
+        return finished
+    corpus = _setup_data(tokenizer, texts, valid_texts, config)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    raw_model, model, named = _setup_model(model_dir, config)
+    optimizer, scheduler, total, tokens_per_step = _setup_optimizer(
+        named, config, accelerator.num_processes)
+    run = _Run(config, model_dir, out_dir, tokenizer, corpus, accelerator, raw_model, model, named,
+               optimizer, scheduler, total, tokens_per_step, _Blocks(corpus.blocks, config.seed))
+    _resume_or_start(run, resume)
+    run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
+    with tqdm(total=total, initial=run.step, desc=f"cpt {config.strategy}", unit="step",
+              disable=not (progress and accelerator.is_main_process), dynamic_ncols=True) as bar:
+        _train_loop(run, bar)
+    accelerator.wait_for_everyone()
+    return _finalize(run, model_config)
+
+
+def stage_plan(run, strategy: str = "2x2ls", base_strategy_lep: str = "embeddings",
+               lr: float | None = None, **settings) -> dict[str, tuple[Path, CPTConfig]]:
+    """Notebook 02's runs, `{name: (source model dir, CPTConfig)}`, its parameters validated.
+
+    `chat_cpt` (ElChat) trains stage 01's `chat_ve` with `strategy`; when the preset has a base
+    model (`01_vocab/base_ve`), `base_cpt` (Chat Vector) trains it with `strategy` and `base_emb`
+    (the LEP donor) with `base_strategy_lep` at 2 x lr. `settings`: other CPTConfig fields
+    (layers, max_steps, batch_size, ...). Example: `stage_plan("runs/micro/am", max_steps=40)`.
+    """
+    check_strategy(strategy, "strategy")
+    check_strategy(base_strategy_lep, "base_strategy_lep")
+    lr = lr if lr is not None else method.default_lr(strategy)
+    vocab = runs.stage_dir(run, "01")
+    plan = {"chat_cpt": (vocab / "chat_ve", CPTConfig(strategy=strategy, lr=lr, **settings))}
+    if runs.has_model(vocab / "base_ve"):  # presets with a base model
+        plan["base_cpt"] = (vocab / "base_ve", CPTConfig(strategy=strategy, lr=lr, **settings))
+        plan["base_emb"] = (vocab / "base_ve",
+                            CPTConfig(strategy=base_strategy_lep, lr=2 * lr, **settings))
+    runs.require(vocab / "chat_ve" / "config.json", "01")
+    return plan
+
+
+def write_stage_summary(out_dir, summaries: dict) -> pd.DataFrame:
+    """One row per run of `{name: train() summary}`, written to `out_dir/summary.csv`; returned.
+
+    Example: `write_stage_summary(run / "02_cpt", {"chat_cpt": summary})["valid BPC"]`.
+    """
+    table = pd.DataFrame([{"run": name, **{label: s[key] for key, label in SUMMARY_COLUMNS.items()}}
+                          for name, s in summaries.items()])
+    atomic_write_text(Path(out_dir) / "summary.csv", table.to_csv(index=False))
+    return table
+
+
+def _texts_for_cli(args) -> tuple[list[str], list[str]]:
+    if args.hub_dataset:  # hub corpora (MADLAD) have no valid split: hold part out
         docs = data.load_hub_texts(args.hub_dataset, args.hub_config, split="train",
                                    max_docs=args.max_docs)
-        held = min(args.eval_max_docs, max(len(docs) // 20, 1))
-        return docs[held:], docs[:held]  # hub corpora (MADLAD) have no valid split: hold out
+        return data.split_heldout(docs, args.eval_max_docs)
     if not args.lang:
         raise ValueError("give --lang (a shipped language code or a text file) or --hub-dataset")
-    if Path(args.lang).is_file():  # one document per line, blank lines skipped (as load_texts)
-        lines = Path(args.lang).read_text(encoding="utf-8").splitlines()
-        docs = [line for line in lines if line.strip()]
-        held = min(args.eval_max_docs, max(len(docs) // 20, 1))
-        return docs[held:], docs[:held]
-    from . import data
-
-    return data.load_texts(args.lang, "train"), data.load_texts(args.lang, "valid")
+    return data.train_valid(args.lang, args.eval_max_docs)
 
 
 def _cli_main(args) -> int:
@@ -601,12 +693,13 @@ def register_cli(subparsers):
     for f in fields(CPTConfig):
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         if f.name == "strategy":
-            p.add_argument(flag, choices=STRATEGIES, default=default)
+            p.add_argument(flag, choices=method.CPT_STRATEGIES, default=default)
         elif f.name == "layers":
             p.add_argument(flag, default=",".join(map(str, default)),
                            help="layer indices, negative from the end: --layers=0,1,-2,-1")
         elif f.name == "lr":
-            p.add_argument(flag, type=float, default=None, help="default 5e-5 (1e-4 embeddings)")
+            p.add_argument(flag, type=float, default=None,
+                           help="default: the strategy's published lr (elchat.method.default_lr)")
         elif isinstance(default, bool):
             p.add_argument(flag, action="store_true")
         else:

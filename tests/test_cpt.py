@@ -1,5 +1,6 @@
-"""Stage 02 (elchat.cpt, elchat.packing) on tiny models: strategies, exact resume, crash safety,
-bad input, NaN stop. Each training run takes about a second on one thread."""
+"""Stage 02 (elchat.cpt, elchat.checkpoint, elchat.packing) on tiny models: strategies, exact
+resume, crash safety, bad input, NaN stop, the notebook's plan of runs. Each training run takes
+about a second on one thread."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from elchat import cpt
-from elchat.cpt import CPTConfig, find_checkpoint, train
+from elchat import checkpoint, cpt, method
+from elchat.checkpoint import find_checkpoint
+from elchat.cpt import CPTConfig, train
 from elchat.packing import document_separator, pack_blocks, token_stream
 
 DOCS = [f"Document {i}: the quick brown fox jumps over the lazy dog {i % 7} times, then rests."
@@ -129,13 +131,13 @@ def test_log_rows_and_learning_rate_schedule(reference):
 
 
 def _kill_after_checkpoint(monkeypatch, at_step):
-    real = cpt._save_checkpoint
+    real = checkpoint.save_checkpoint
 
     def save_then_die(path, named, optimizer, scheduler, state):
         real(path, named, optimizer, scheduler, state)
         if state["step"] == at_step:
             raise KeyboardInterrupt("simulated kill")
-    monkeypatch.setattr(cpt, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
 
 
 def test_resume_is_exact(tiny_pair, tmp_path, reference, monkeypatch):
@@ -203,7 +205,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_pair, tmp_path, refe
         normal = sched.lr_lambdas[0]
         sched.lr_lambdas[0] = lambda s: math.inf if s == 3 else normal(s)
         return sched
-    monkeypatch.setattr(transformers, "get_cosine_schedule_with_warmup", exploding)
+    monkeypatch.setattr(cpt, "get_cosine_schedule_with_warmup", exploding)  # what make_scheduler calls
     out = tmp_path / "nan"
     with pytest.raises(FloatingPointError, match=r"step [45]\b.*last good checkpoint"):
         train(tiny_pair["chat"], DOCS, VALID, out, small(layers=(0, -1), save_every=2),
@@ -241,7 +243,8 @@ def unresized(tiny_pair, tmp_path):
 
 @pytest.mark.parametrize("case, match", [
     ("empty", "empty"), ("blank", "empty"), ("short", "fewer than one block"),
-    ("block", "max_position_embeddings"), ("layers", "out of range"), ("vocab", "vocab size"),
+    ("block", "max_position_embeddings"), ("layers", "not a layer index"), ("vocab", "vocab size"),
+    ("duplicate", "listed twice"),
 ])
 def test_bad_input_fails_before_training(case, match, tiny_pair, tmp_path, unresized):
     model, texts, cfg = tiny_pair["chat"], DOCS, small()
@@ -256,6 +259,8 @@ def test_bad_input_fails_before_training(case, match, tiny_pair, tmp_path, unres
         cfg = small(block_size=AutoConfig.from_pretrained(model).max_position_embeddings + 1)
     elif case == "layers":
         cfg = small(layers=(0, 4))
+    elif case == "duplicate":  # -1 and 3 are the same layer of the 4-layer model
+        cfg = small(layers=(0, 3, -1))
     elif case == "vocab":
         model = unresized
     out = tmp_path / "out"
@@ -276,6 +281,8 @@ def test_config_validation(kw, match):
 def test_config_defaults_follow_the_papers():
     assert CPTConfig().lr == 5e-5 and CPTConfig(strategy="embeddings").lr == 1e-4
     assert CPTConfig().layers == (0, 1, -2, -1) and CPTConfig().block_size == 512
+    assert CPTConfig().layers == method.TRANSITION_LAYERS  # the single definition
+    assert all(CPTConfig(strategy=s).lr == method.default_lr(s) for s in method.CPT_STRATEGIES)
     assert CPTConfig(max_tokens=10_000, block_size=512).total_steps(4096) == 3
 
 
@@ -305,3 +312,91 @@ def test_cli_trains_from_a_text_file(tiny_pair, tmp_path):
     assert (out / "config.json").is_file() and (out / "log.csv").is_file()
     assert main(args + ["--out", str(tmp_path / "bad"), "--layers", "0,9"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_rng_state_round_trip():
+    import random
+    tensors, meta = checkpoint.rng_state()
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    checkpoint.set_rng_state(tensors, meta)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
+
+
+def test_find_checkpoint_recovers_an_interrupted_rename(tmp_path):
+    root = tmp_path / "checkpoints"
+    assert find_checkpoint(tmp_path) is None
+    old = root / ".tmp-last-old"  # atomic_dir moved the old checkpoint away, then was killed
+    old.mkdir(parents=True)
+    (old / "complete").write_text("ok\n")
+    (root / "last").mkdir()  # a half-renamed new one, not complete
+    assert find_checkpoint(tmp_path) == root / "last"
+    assert (root / "last" / "complete").is_file() and not old.exists()
+
+
+def test_check_compatible_names_what_differs(tmp_path):
+    state = {"config": {"lr": 1e-4, "save_every": 10}, "n_blocks": 5}
+    checkpoint.check_compatible(tmp_path, state, {"lr": 1e-4, "save_every": 20}, 5,
+                                free={"save_every"})
+    with pytest.raises(ValueError, match=r"lr, corpus \(5 blocks then, 6 now\)"):
+        checkpoint.check_compatible(tmp_path, state, {"lr": 1e-3, "save_every": 10}, 6)
+
+
+def test_config_rejects_layers_that_are_not_indices():
+    with pytest.raises(ValueError, match="layers"):
+        CPTConfig(layers=("first",))
+    assert CPTConfig(layers=[0, -1]).layers == (0, -1)
+
+
+def _vocab_run(tmp_path, base: bool):
+    run = tmp_path / "micro" / "am"
+    for name in ("chat_ve", "base_ve") if base else ("chat_ve",):
+        (run / "01_vocab" / name).mkdir(parents=True)
+        (run / "01_vocab" / name / "config.json").write_text("{}")
+    return run
+
+
+@pytest.mark.parametrize("base", [True, False])
+def test_stage_plan_lists_the_runs_of_the_preset(tmp_path, base):
+    run = _vocab_run(tmp_path, base)
+    plan = cpt.stage_plan(run, strategy="2x2ls", base_strategy_lep="embeddings", lr=2e-4,
+                          layers=[0, -1], max_steps=7, batch_size=3)
+    vocab = run / "01_vocab"
+    assert list(plan) == (["chat_cpt", "base_cpt", "base_emb"] if base else ["chat_cpt"])
+    assert plan["chat_cpt"][0] == vocab / "chat_ve"
+    assert all(cfg.layers == (0, -1) and cfg.max_steps == 7 and cfg.batch_size == 3
+               for _, cfg in plan.values())
+    assert (plan["chat_cpt"][1].strategy, plan["chat_cpt"][1].lr) == ("2x2ls", 2e-4)
+    if base:
+        assert plan["base_cpt"][0] == plan["base_emb"][0] == vocab / "base_ve"
+        assert (plan["base_cpt"][1].strategy, plan["base_cpt"][1].lr) == ("2x2ls", 2e-4)
+        assert (plan["base_emb"][1].strategy, plan["base_emb"][1].lr) == ("embeddings", 4e-4)
+
+
+def test_stage_plan_errors_name_the_parameter_or_the_notebook(tmp_path):
+    run = _vocab_run(tmp_path, base=True)
+    with pytest.raises(ValueError, match="base_strategy_lep='prefix'"):
+        cpt.stage_plan(run, base_strategy_lep="prefix", max_steps=1)
+    with pytest.raises(ValueError, match="strategy='nope'"):
+        cpt.stage_plan(run, strategy="nope", max_steps=1)
+    with pytest.raises(FileNotFoundError, match="01_vocabulary_expansion.ipynb"):
+        cpt.stage_plan(tmp_path / "micro" / "xx", max_steps=1)
+
+
+def test_write_stage_summary(tmp_path):
+    summary = {"strategy": "2x2ls", "steps": 6, "tokens": 384, "trainable_params": 1000,
+               "final_train_loss": 3.5, "final_valid_loss": 3.25, "final_valid_bpc": None,
+               "train_tokens_per_s": 12.5, "other": "not a column"}
+    table = cpt.write_stage_summary(tmp_path, {"chat_cpt": summary})
+    lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert lines == ["run,strategy,steps,tokens,trainable params,train loss,valid loss,valid BPC,"
+                     "tokens/s", "chat_cpt,2x2ls,6,384,1000,3.5,3.25,,12.5"]
+    assert table["valid loss"].tolist() == [3.25]
+
+
+def test_cli_corpus_comes_from_the_data_module(tmp_path):
+    import argparse
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(DOCS) + "\n\n", encoding="utf-8")
+    args = argparse.Namespace(hub_dataset=None, lang=str(corpus), eval_max_docs=2)
+    train_docs, valid_docs = cpt._texts_for_cli(args)
+    assert valid_docs == DOCS[:2] and train_docs == DOCS[2:]  # 60 // 20 = 3, capped at 2
