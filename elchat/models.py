@@ -11,26 +11,23 @@
 - a local HF directory: returned as itself.
 
 Loading is safetensors-only and never runs repository code unless `trust_remote_code=True`.
+Stage 00 (`prepare_sources`) resolves the run's preset this way and records the pair in the run's
+`00_source/sources.json` (`elchat.runs`), which every later stage reads.
 """
 from __future__ import annotations
 
-import importlib
+import json
 import os
 from pathlib import Path
 
-from .errors import UserError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import gguf_convert, micro, runs
+from .device import pick_device, pick_dtype
+from .paths import cache_dir, models_cache
 from .presets import PRESETS, get_preset
 
 HUB_ENV = "ELCHAT_ALLOW_HUB"
-
-
-def cache_dir() -> Path:
-    """Where converted/built models live: `$ELCHAT_CACHE` or `~/.cache/elchat`.
-
-    Example: `cache_dir() / "models" / "smollm2-135m-instruct"`.
-    """
-    env = os.environ.get("ELCHAT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "elchat"
 
 
 def _hub_allowed(allow_hub: bool) -> bool:
@@ -56,38 +53,23 @@ def _check_model_dir(path: Path) -> Path:
     return path
 
 
-def _build_micro(size: str | None) -> dict:
-    try:
-        from . import micro
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.micro":
-            raise
-        raise UserError("the micro preset is not built yet: elchat.micro is not in this "
-                           "checkout; use --preset smollm2-135m or a model directory") from None
-    return micro.build(size=size or "micro", seed=0)
-
-
 def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: bool = False) -> dict:
     """Materialize a preset (or accept a directory / hub id): {"chat", "base", "preset", "notes"}.
 
     Example: `fetch("smollm2-135m")["chat"]` -> `~/.cache/elchat/models/smollm2-135m-instruct`.
     """
     name = os.fspath(name_or_path)
-    if size is not None and size not in ("nano", "micro"):
+    if size is not None and size not in micro.SIZES:
         raise ValueError(f"size={size!r}: expected nano or micro (only the micro preset has sizes)")
     if name in PRESETS:
         preset = get_preset(name)
         if name == "micro":
-            pair = _build_micro(size)
+            pair = micro.build(size=size or "micro", seed=0)
             return {"chat": Path(pair["chat"]), "base": Path(pair["base"]), "preset": name,
                     "notes": preset.notes}
         if size is not None:
             raise ValueError(f"size={size!r} applies to the micro preset only, not {name!r}")
-        if name == "smollm2-135m":
-            from .gguf_convert import convert_smollm2
-            chat = convert_smollm2(cache_dir())
-        else:
-            chat = preset.chat
+        chat = gguf_convert.convert_smollm2(cache_dir()) if name == "smollm2-135m" else preset.chat
         notes, base = preset.notes, preset.base
         if name == "smollm2-135m" and not _hub_allowed(allow_hub):
             base = None
@@ -119,10 +101,6 @@ def load_model(path, device: str = "auto", dtype: str = "auto", trust_remote_cod
 
     Example: `model = load_model(fetch("micro")["chat"], device="cpu")`.
     """
-    from transformers import AutoModelForCausalLM
-
-    from .device import pick_device, pick_dtype
-
     dev = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(
         _resolve(path), dtype=pick_dtype(dev, dtype), use_safetensors=True,
@@ -135,8 +113,6 @@ def load_tokenizer(path, trust_remote_code: bool = False):
 
     Example: `tok = load_tokenizer(fetch("smollm2-135m")["chat"])`.
     """
-    from transformers import AutoTokenizer
-
     name = os.fspath(path)
     if Path(name).expanduser().exists() or not _is_hub_id(name):
         name = str(Path(name).expanduser())
@@ -145,24 +121,60 @@ def load_tokenizer(path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
 
 
+def check_source_params(preset: str, size: str = "micro", steps: int = 0) -> dict | None:
+    """Validate stage 00's micro-build parameters (errors name the bad one); the micro recipe or None.
+
+    `size` and `steps` only apply to the micro preset (0 steps: the size's default).
+    Example: `check_source_params("micro", size="nano")["layers"] == 4`.
+    """
+    return micro.config_for(size, steps or None) if preset == "micro" else None
+
+
+def _micro_source(size: str, seed: int, rebuild: bool, steps: int) -> dict:
+    """The micro pair (built or cached), its build manifest, and a one-line description."""
+    pair = micro.build(size=size, seed=seed, rebuild=rebuild, steps=steps or None)
+    manifest = json.loads((Path(pair["chat"]) / "build_manifest.json").read_text())
+    notes = (f"micro pair ({size}) built by elchat.micro, seed {seed}; "
+             f"{manifest['parameters']:,} parameters; build wall time "
+             f"{manifest['wall_time_s']['total_s']:.0f} s on {manifest['environment']['threads']} threads")
+    return {"chat": Path(pair["chat"]), "base": Path(pair["base"]), "size": size, "notes": notes,
+            "manifest": manifest}
+
+
+def prepare_sources(preset: str, run, size: str = "micro", seed: int = 0, rebuild: bool = False,
+                    steps: int = 0, allow_hub: bool = False) -> dict:
+    """Stage 00: build (micro) or fetch the run's source pair and write `00_source/sources.json`.
+
+    Returns `{"chat", "base", "preset", "size", "notes", "manifest", "sources"}`: `manifest` is the
+    micro build manifest (None for other presets), `sources` the path written.
+    Example: `prepare_sources("micro", "runs/micro/am", size="nano")["base"]`.
+    """
+    check_source_params(preset, size, steps)
+    if preset == "micro":
+        source = _micro_source(size, seed, rebuild, steps)
+    else:
+        fetched = fetch(preset, allow_hub=allow_hub)
+        source = {"chat": fetched["chat"], "base": fetched["base"], "size": None,
+                  "notes": fetched["notes"], "manifest": None}
+    path = runs.write_sources(run, source["chat"], source["base"], preset=preset,
+                              size=source["size"], notes=source["notes"])
+    return dict(source, preset=preset, sources=path)
+
+
 def _offline_now(name: str) -> str:
     """'yes' if the preset's chat model is on disk now, else how it would be obtained."""
     preset = get_preset(name)
     if name == "smollm2-135m":
-        from .gguf_convert import MODEL_DIRNAME, WHEEL_NAME
-        done = cache_dir() / "models" / MODEL_DIRNAME
+        done = models_cache() / gguf_convert.MODEL_DIRNAME
         if (done / "config.json").is_file() and (done / "elchat_source.json").is_file():
             return "yes"
-        return "wheel cached" if (cache_dir() / "wheels" / WHEEL_NAME).is_file() else "no (PyPI)"
+        wheel = cache_dir() / "wheels" / gguf_convert.WHEEL_NAME
+        return "wheel cached" if wheel.is_file() else "no (PyPI)"
     if name == "micro":
-        try:
-            micro = importlib.import_module(f"{__package__}.micro")
-        except ModuleNotFoundError:
-            return "no (elchat.micro missing)"
         root = micro.default_out("micro", 0)
         built = all((root / r / "build_manifest.json").is_file() for r in ("base", "chat"))
         return "yes" if built else "buildable offline"
-    try:  # a local lookup in the HF cache; never a network call
+    try:  # a local lookup in the HF cache, never a network call; imported here: only this row needs it
         from huggingface_hub import try_to_load_from_cache
         hit = try_to_load_from_cache(preset.chat, "config.json")
         return "yes" if isinstance(hit, str) else "no (hub)"
@@ -206,6 +218,6 @@ def register_cli(subparsers) -> None:
                    ).set_defaults(func=_cmd_list)
     f = sub.add_parser("fetch", help="materialize a preset (convert SmolLM2, build micro)")
     f.add_argument("name", help=f"a preset ({', '.join(PRESETS)}), a model directory or a hub id")
-    f.add_argument("--size", choices=("nano", "micro"), default=None, help="micro preset size")
+    f.add_argument("--size", choices=tuple(micro.SIZES), default=None, help="micro preset size")
     f.add_argument("--allow-hub", action="store_true", help="return hub base models (needs network)")
     f.set_defaults(func=_cmd_fetch)

@@ -17,10 +17,10 @@ rows ElChat later copies back. Pretraining of these families separates documents
 document token (`<|endoftext|>`; Llama-3: `<|end_of_text|>`), so `document_separator` prefers that
 one when the vocabulary has it and falls back to `eos_token`.
 
-The token stream is stored as a flat `uint32` `.npy` under the cache directory, keyed by a
-SHA-256 of the tokenizer (its `tokenizer.json`), the separator/BOS ids and the texts, and written
-atomically (temporary file + `os.replace`); any block size reuses it through `np.load(mmap_mode=
-"r")`, so a 10 GB corpus costs no RAM.
+The token stream is stored as a flat `uint32` `.npy` under the cache directory (default
+`elchat.paths.tokens_cache()`), keyed by a SHA-256 of the tokenizer (its `tokenizer.json`), the
+separator/BOS ids and the texts, and written atomically (temporary file + `os.replace`); any block
+size reuses it through `np.load(mmap_mode="r")`, so a 10 GB corpus costs no RAM.
 """
 from __future__ import annotations
 
@@ -33,17 +33,9 @@ from typing import Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .paths import tokens_cache
+
 DOCUMENT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>")
-
-
-def default_cache_dir() -> Path:
-    """Where packed corpora are cached: `$ELCHAT_CACHE/tokens` (default `~/.cache/elchat/tokens`).
-
-    Example: `default_cache_dir()` -> `PosixPath('/home/me/.cache/elchat/tokens')`.
-    """
-    from .models import cache_dir
-
-    return cache_dir() / "tokens"
 
 
 def document_separator(tokenizer) -> int:
@@ -90,7 +82,7 @@ def token_stream(tokenizer, texts: Iterable[str], cache_dir: str | os.PathLike |
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else tokens_cache()
     path = cache / f"{h.hexdigest()[:32]}.npy"
     if path.is_file():
         try:

@@ -68,7 +68,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 ]}
 
 
-
 def get_preset(name: str) -> Preset:
     """Look a preset up by name; the error lists the known ones.
 

@@ -1,4 +1,5 @@
-"""Tests of the micro preset builder (`elchat.micro`) and the instruction generator.
+"""Tests of the micro preset builder (`elchat.micro`), its quality checks
+(`elchat.evaluation.turns`) and the instruction generator.
 
 The nano pair is built once per module (seconds); a second build checks bit-identical weights.
 Instruction answers are checked with small checkers written here, independent of the generator.
@@ -91,12 +92,13 @@ def test_manifest_records_the_build(nano):
 
 
 def test_cached_pair_is_reused_and_bad_input_is_rejected(nano, monkeypatch, tmp_path):
-    from elchat import micro
+    from elchat import micro, paths
     before = (nano["chat"] / "model.safetensors").stat().st_mtime_ns
     assert micro.build("nano", seed=0, out=nano["chat"].parent) == nano
     assert (nano["chat"] / "model.safetensors").stat().st_mtime_ns == before
     monkeypatch.setenv("ELCHAT_CACHE", str(tmp_path))
-    assert micro.cache_root() == tmp_path / "models"
+    assert paths.models_cache() == tmp_path / "models"
+    assert micro.default_out("nano", 3) == tmp_path / "models" / "micro-nano-seed3"
     with pytest.raises(ValueError, match="size"):
         micro.build("huge")
     with pytest.raises(ValueError, match="steps"):
@@ -107,10 +109,52 @@ def test_cached_pair_is_reused_and_bad_input_is_rejected(nano, monkeypatch, tmp_
 
 
 def test_unigram_bpc_matches_hand_computation():
-    from elchat.micro import unigram_bpc
+    from elchat.evaluation.turns import unigram_bpc
     # train "aab": a=2, b=1, N=3; test adds "c": V=3 -> p(a)=3/6, p(b)=2/6, p(c)=1/6
     expected = -(math.log2(3 / 6) + math.log2(2 / 6) + math.log2(1 / 6)) / 3
     assert unigram_bpc(["aab"], ["abc"]) == pytest.approx(expected)
+
+
+def test_end_of_turn_rate_counts_only_im_end(nano):
+    """The rate through the kit's decoder equals a plain `model.generate` that stops at <|im_end|> only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from elchat.evaluation.turns import end_of_turn_rate, heldout_prompts
+    prompts = heldout_prompts(6)
+    assert len(prompts) == 6 and len(set(prompts)) == 6
+    for role in ("base", "chat"):
+        got = end_of_turn_rate(nano[role], prompts, max_new_tokens=24, batch_size=1)
+        tok = AutoTokenizer.from_pretrained(nano[role])
+        model = AutoModelForCausalLM.from_pretrained(nano[role]).eval()
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        ended, replies = [], []
+        for p in prompts:  # one prompt at a time: no padding, an independent path
+            ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)["input_ids"]
+            with torch.no_grad():
+                row = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=end,
+                                     pad_token_id=0)[0, ids.shape[1]:].tolist()
+            ended.append(end in row)
+            replies.append(tok.decode(row[:row.index(end)] if end in row else row))
+        assert got["n"] == 6 and got["rate"] == pytest.approx(sum(ended) / 6)
+        assert got["replies"] == replies
+
+
+def test_write_quality_records_the_bars(nano, tmp_path):
+    from elchat.evaluation import turns
+    from elchat.micro import english_texts
+    with pytest.raises(ValueError, match="n_prompts"):
+        turns.write_quality(tmp_path / "run", nano, n_prompts=1)
+    q = turns.write_quality(tmp_path / "run", nano, n_prompts=4, size="nano", seed=0)
+    saved = json.loads((tmp_path / "run" / "00_source" / "quality.json").read_text())
+    test = english_texts("test")[:300]
+    assert q["path"] == tmp_path / "run" / "00_source" / "quality.json"
+    assert saved == {"chat_end_of_turn": q["chat_end_of_turn"], "base_end_of_turn": q["base_end_of_turn"],
+                     "base_bpc": q["base_bpc"], "unigram_bpc": q["unigram_bpc"], "test_docs": len(test),
+                     "n_prompts": 4, "size": "nano", "seed": 0}
+    assert len(q["prompts"]) == len(q["chat_replies"]) == len(q["base_replies"]) == 4
+    assert 0.0 <= q["chat_end_of_turn"] <= 1.0 and math.isfinite(q["base_bpc"]) and q["base_bpc"] > 0
+    assert q["unigram_bpc"] == pytest.approx(turns.unigram_bpc(english_texts("train"), test))
 
 
 def _words(t):
@@ -149,8 +193,8 @@ def _satisfies(iid, r, kw):
 
 
 def test_instruction_answers_satisfy_their_instructions():
-    from elchat.instructions import FAMILIES, generate
-    data = generate(400, seed=3)
+    from elchat.instructions import FAMILIES, make_examples
+    data = make_examples(400, seed=3)
     assert len(data) == 400
     seen = set()
     for ex in data:
@@ -164,23 +208,23 @@ def test_instruction_answers_satisfy_their_instructions():
 
 
 def test_instructions_are_deterministic_and_heldout_is_disjoint():
-    from elchat.instructions import generate
-    assert generate(50, seed=1) == generate(50, seed=1)
-    assert generate(50, seed=1) != generate(50, seed=2)
-    train = {e["messages"][0]["content"] for e in generate(500, seed=0)}
-    held = {e["messages"][0]["content"] for e in generate(100, seed=0, split="heldout")}
+    from elchat.instructions import make_examples
+    assert make_examples(50, seed=1) == make_examples(50, seed=1)
+    assert make_examples(50, seed=1) != make_examples(50, seed=2)
+    train = {e["messages"][0]["content"] for e in make_examples(500, seed=0)}
+    held = {e["messages"][0]["content"] for e in make_examples(100, seed=0, split="heldout")}
     assert not train & held
     with pytest.raises(ValueError, match="split"):
-        generate(3, split="dev")
+        make_examples(3, split="dev")
 
 
 def test_no_overlap_with_eval_prompts():
     from elchat.evaluation.ifeval import load_prompts
-    from elchat.instructions import generate
+    from elchat.instructions import make_examples
     from elchat.micro import config_for
     norm = lambda s: " ".join(s.lower().split())  # noqa: E731
     evals = {norm(p["prompt"]) for p in load_prompts()}
     assert len(evals) >= 150
-    ours = {norm(e["messages"][0]["content"]) for e in generate(config_for("micro")["n_instructions"], seed=0)}
-    ours |= {norm(e["messages"][0]["content"]) for e in generate(200, seed=0, split="heldout")}
+    ours = {norm(e["messages"][0]["content"]) for e in make_examples(config_for("micro")["n_instructions"], seed=0)}
+    ours |= {norm(e["messages"][0]["content"]) for e in make_examples(200, seed=0, split="heldout")}
     assert not ours & evals

@@ -6,7 +6,6 @@ SmolLM2 wheel from the user cache (pre-fetched by `make setup`) and skips when i
 from __future__ import annotations
 
 import json
-import sys
 import time
 import types
 import zipfile
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import elchat
-from elchat import cli, models
+from elchat import cli, micro, models, paths, runs
+from elchat.errors import UserError
 from elchat.presets import PRESETS, get_preset
 
 
@@ -29,10 +28,10 @@ def cache(tmp_path, monkeypatch):
 
 def test_cache_dir_env_and_default(monkeypatch, tmp_path):
     monkeypatch.setenv("ELCHAT_CACHE", str(tmp_path))
-    assert models.cache_dir() == tmp_path
+    assert paths.cache_dir() == tmp_path
     monkeypatch.delenv("ELCHAT_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert models.cache_dir() == tmp_path / "home" / ".cache" / "elchat"
+    assert paths.cache_dir() == tmp_path / "home" / ".cache" / "elchat"
 
 
 def test_local_dir_returns_itself(tiny_pair, cache):
@@ -85,10 +84,7 @@ def _fake_micro(monkeypatch, tmp_path):
         calls.append((size, seed))
         return {"base": tmp_path / size / "base", "chat": tmp_path / size / "chat"}
 
-    fake = types.ModuleType("elchat.micro")
-    fake.build = build
-    monkeypatch.setitem(sys.modules, "elchat.micro", fake)
-    monkeypatch.setattr(elchat, "micro", fake, raising=False)
+    monkeypatch.setattr(micro, "build", build)
     return calls
 
 
@@ -100,13 +96,47 @@ def test_micro_builds_through_elchat_micro(monkeypatch, tmp_path, cache):
     assert calls == [("micro", 0), ("nano", 0)]
 
 
-def test_micro_missing_is_a_clear_error(monkeypatch, cache):
-    monkeypatch.setitem(sys.modules, "elchat.micro", None)  # makes the import fail
-    monkeypatch.delattr(elchat, "micro", raising=False)
+def test_micro_build_error_is_a_clear_error(monkeypatch, cache):
+    def build(**kwargs):
+        raise UserError("the micro preset is not built yet: no shipped English data")
+
+    monkeypatch.setattr(micro, "build", build)
     with pytest.raises(cli.UserError, match="micro preset is not built yet"):
         models.fetch("micro")
     assert cli.main(["models", "list"]) == 0
     assert cli.main(["models", "fetch", "micro"]) == 2  # one clear line, no traceback
+
+
+def test_prepare_sources_writes_what_read_sources_reads(monkeypatch, tmp_path, cache, tiny_pair):
+    calls = []
+
+    def build(**kwargs):
+        calls.append(kwargs)
+        return tiny_pair
+
+    monkeypatch.setattr(micro, "build", build)
+    run = runs.run_dir(tmp_path / "runs", "micro", "am")
+    got = models.prepare_sources("micro", run, size="nano", seed=3, rebuild=True, steps=0)
+    assert calls == [{"size": "nano", "seed": 3, "rebuild": True, "steps": None}]
+    manifest = json.loads((tiny_pair["chat"] / "build_manifest.json").read_text())
+    assert got["manifest"] == manifest and got["sources"] == run / "00_source" / "sources.json"
+    assert got["notes"].startswith("micro pair (nano) built by elchat.micro, seed 3; ")
+    assert f"{manifest['parameters']:,} parameters" in got["notes"]
+    back = runs.read_sources(run)
+    assert back["chat"] == tiny_pair["chat"].resolve() and back["base"] == tiny_pair["base"].resolve()
+    assert (back["preset"], back["size"], back["notes"]) == ("micro", "nano", got["notes"])
+
+    local = models.prepare_sources(str(tiny_pair["chat"]), run, size="micro")
+    back = runs.read_sources(run)
+    assert back["chat"] == tiny_pair["chat"].resolve() and back["base"] is None and back["size"] is None
+    assert local["manifest"] is None and "local model directory" in back["notes"]
+    assert len(calls) == 1  # another preset never builds the micro pair
+    with pytest.raises(ValueError, match="size"):
+        models.prepare_sources("micro", run, size="huge")
+    with pytest.raises(ValueError, match="steps"):
+        models.check_source_params("micro", size="nano", steps=-1)
+    assert models.check_source_params("micro", size="nano") == micro.config_for("nano")
+    assert models.check_source_params("smollm2-135m", size="huge") is None
 
 
 def test_smollm2_base_only_when_hub_allowed(monkeypatch, tmp_path, cache):
@@ -180,7 +210,7 @@ def smollm2(tmp_path_factory):
 
     import elchat.gguf_convert as gc
 
-    cache = models.cache_dir()
+    cache = paths.cache_dir()
     wheel = cache / "wheels" / gc.WHEEL_NAME
     if not wheel.is_file():
         try:
@@ -250,7 +280,7 @@ def test_converted_dir_is_safetensors_only_and_reused(smollm2):
     assert not [n for n in names if n.startswith(".tmp-")]
     source = json.loads((d / "elchat_source.json").read_text())
     import elchat.gguf_convert as gc
-    wheel = models.cache_dir() / "wheels" / gc.WHEEL_NAME
+    wheel = paths.cache_dir() / "wheels" / gc.WHEEL_NAME
     assert source["wheel_sha256"] == gc.sha256(wheel)
     with zipfile.ZipFile(wheel) as z:
         assert z.getinfo(gc.GGUF_MEMBER).file_size > 90e6
