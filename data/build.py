@@ -12,7 +12,8 @@ Pipeline, per language:
    values), GNOME help pages (Mallard XML paragraphs), man pages (rendered with groff), fortunes,
    the King James Bible (dumped with the `bible` program of the bible-kjv package).
 3. Clean every string (accelerator markers `_ & ~`, markup, format specifiers, entities), keep it
-   only if it is mostly in the language's script, and deduplicate on a normalized key
+   only if it is mostly in the language's script (`elchat.scripts`, the kit's one script table:
+   the first word of each letter's Unicode name), and deduplicate on a normalized key
    (case/punctuation/whitespace folded) so near-identical strings cannot land in two splits.
 4. Choose test pairs (english, target) from the catalogs, drop every text document that contains a
    test pair's English or target string, and drop their texts from the training pairs.
@@ -49,6 +50,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# Run as `python data/build.py` from a checkout: the script table is the kit's own (elchat.scripts).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from elchat.scripts import LANGUAGE_SCRIPTS, script_letters  # noqa: E402
+
 DATA = Path(__file__).resolve().parent
 ROOT = DATA.parent
 CACHE = ROOT / ".cache"
@@ -56,30 +61,19 @@ DEBS = CACHE / "debs"
 EXTRACT = CACHE / "extract"
 SEED = 0
 
-# code -> (name, locale dirs in packages, script ranges, gnome-help dir, firefox/libreoffice suffix)
-SCRIPTS = {
-    "Latin": [(0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F)],
-    "Ethiopic": [(0x1200, 0x139F), (0x2D80, 0x2DDF), (0xAB00, 0xAB2F)],
-    "Bengali": [(0x980, 0x9FF)],
-    "Myanmar": [(0x1000, 0x109F), (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F)],
-    "Gujarati": [(0xA80, 0xAFF)],
-    "Sinhala": [(0xD80, 0xDFF), (0x111E0, 0x111FF)],
-    "Tamil": [(0xB80, 0xBFF), (0x11FC0, 0x11FFF)],
-    "Telugu": [(0xC00, 0xC7F)],
-    "Cyrillic": [(0x400, 0x52F)],
-    "Han": [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF), (0x3100, 0x312F)],
-}
+# code -> (name, locale dirs in packages, gnome-help dir, firefox/libreoffice suffix); each
+# language's script is elchat.scripts.LANGUAGE_SCRIPTS[code]
 LANGS = {
-    "en": dict(name="English", script="Latin", locales=[], help="C", l10n=None),
-    "am": dict(name="Amharic", script="Ethiopic", locales=["am"], help=None, l10n="am"),
-    "bn": dict(name="Bengali", script="Bengali", locales=["bn", "bn_BD", "bn_IN"], help=None, l10n="bn"),
-    "my": dict(name="Burmese", script="Myanmar", locales=["my"], help=None, l10n="my"),
-    "gu": dict(name="Gujarati", script="Gujarati", locales=["gu"], help="gu", l10n="gu"),
-    "si": dict(name="Sinhala", script="Sinhala", locales=["si"], help=None, l10n="si"),
-    "ta": dict(name="Tamil", script="Tamil", locales=["ta"], help="ta", l10n="ta"),
-    "te": dict(name="Telugu", script="Telugu", locales=["te"], help="te", l10n="te"),
-    "ru": dict(name="Russian", script="Cyrillic", locales=["ru"], help="ru", l10n="ru"),
-    "zh_TW": dict(name="Traditional Chinese", script="Han", locales=["zh_TW", "zh_Hant"], help=None,
+    "en": dict(name="English", locales=[], help="C", l10n=None),
+    "am": dict(name="Amharic", locales=["am"], help=None, l10n="am"),
+    "bn": dict(name="Bengali", locales=["bn", "bn_BD", "bn_IN"], help=None, l10n="bn"),
+    "my": dict(name="Burmese", locales=["my"], help=None, l10n="my"),
+    "gu": dict(name="Gujarati", locales=["gu"], help="gu", l10n="gu"),
+    "si": dict(name="Sinhala", locales=["si"], help=None, l10n="si"),
+    "ta": dict(name="Tamil", locales=["ta"], help="ta", l10n="ta"),
+    "te": dict(name="Telugu", locales=["te"], help="te", l10n="te"),
+    "ru": dict(name="Russian", locales=["ru"], help="ru", l10n="ru"),
+    "zh_TW": dict(name="Traditional Chinese", locales=["zh_TW", "zh_Hant"], help=None,
                   l10n="zh-tw"),
 }
 L10N_NAMES = {"gu": ["gu-in"]}  # firefox uses gu-in, libreoffice gu
@@ -223,19 +217,9 @@ def clean(s: str, ui: bool = True) -> str:
     return unicodedata.normalize("NFC", s)
 
 
-def in_script(ch: str, script: str) -> bool:
-    o = ord(ch)
-    return any(a <= o <= b for a, b in SCRIPTS[script])
-
-
-def script_share(s: str, script: str) -> tuple[int, float]:
-    letters = [c for c in s if c.isalpha()]
-    n = sum(in_script(c, script) for c in letters)
-    return n, n / max(1, len(letters))
-
-
-def keep(s: str, script: str, min_letters: int = 2, share: float = 0.6) -> bool:
-    n, frac = script_share(s, script)
+def keep(s: str, lang: str, min_letters: int = 2, share: float = 0.6) -> bool:
+    """At least `min_letters` letters of `s` in `lang`'s script, and at least `share` of its letters."""
+    n, frac = script_letters(s, lang)
     return n >= min_letters and frac >= share
 
 
@@ -406,7 +390,6 @@ def read_chat() -> list[dict]:
 def collect(lang: str, roots: dict[str, Path]) -> tuple[list[tuple[str, str]], list[str], Counter, str]:
     """Return (docs as (source, text)), pairs, per-package contribution counts, kind."""
     spec = LANGS[lang]
-    script = spec["script"]
     docs: list[tuple[str, str]] = []  # (package, text)
     pairs: list[tuple[str, str]] = []
     used: Counter = Counter()
@@ -414,7 +397,7 @@ def collect(lang: str, roots: dict[str, Path]) -> tuple[list[tuple[str, str]], l
 
     def add(pkg, text, min_letters=2, ui=True):
         t = clean(text, ui)
-        if keep(t, script, min_letters):
+        if keep(t, lang, min_letters):
             docs.append((pkg, t))
             used[pkg] += 1
             return t
@@ -456,7 +439,7 @@ def collect(lang: str, roots: dict[str, Path]) -> tuple[list[tuple[str, str]], l
             for msgid, msgstr in read_mo(mo):
                 t = add(pkg, msgstr)
                 e = clean(msgid)
-                if t and t != e and keep(e, "Latin", 2, 0.8):
+                if t and t != e and keep(e, "en", 2, 0.8):
                     pairs.append((e, t))
         for xpi in sorted(root.glob("usr/lib/firefox-esr/browser/extensions/*.xpi")):
             for v in read_xpi(xpi):
@@ -558,7 +541,6 @@ def build_lang(lang: str, manifest: dict) -> None:
     with ThreadPoolExecutor(2) as ex:
         roots = dict(zip(debs, ex.map(extract, debs.values())))
     docs_src, pairs, used, kind = collect(lang, roots)
-    script = LANGS[lang]["script"]
     seen, docs, origin = set(), [], {}
     for pkg, d in docs_src:  # dedup on the normalized key, first occurrence wins
         k = norm_key(d)
@@ -598,7 +580,7 @@ def build_lang(lang: str, manifest: dict) -> None:
             packages[pkg] = {"version": deb_info(debs[pkg])["version"], "source": "Debian bookworm",
                              "licence": licence_of(pkg, roots[pkg])}
     manifest.setdefault("languages", {})[lang] = {
-        "name": LANGS[lang]["name"], "script": script, "kind": kind,
+        "name": LANGS[lang]["name"], "script": ", ".join(LANGUAGE_SCRIPTS[lang]), "kind": kind,
         "running_text_share_of_train": round(share, 3),
         "packages": {p: used[p] for p in sorted(used)},
         "files": {f"{lang}/{k}": v for k, v in sorted(files.items())},

@@ -5,7 +5,8 @@ only of old tokens gets exactly the old logits over the old vocabulary. A new to
 tokenization is s_1..s_k (old ids) gets, separately for the input matrix E and the output matrix U
 (one matrix when tied):
 
-- `mean`    E[t] = (1/k) sum_i E[s_i]  (ElChat; LEP's default; Yamaguchi et al. 2024);
+- `mean`    E[t] = (1/k) sum_i E[s_i]  (ElChat: Yamaguchi, Morishita, Villavicencio & Aletras
+            2025, arXiv:2412.11704; LEP's default);
 - `merge`   E[t] = (E[a] + E[b]) / 2 for the BPE merge (a, b) that creates t, a new part resolved
             recursively the same way (so deeper parts weigh less);
 - `wmean`   E[t] = sum_i w_i E[s_i] with w_i proportional to p_i / (i + 1): earlier pieces carry
@@ -17,15 +18,21 @@ tokenization is s_1..s_k (old ids) gets, separately for the input matrix E and t
             old rows' mean and covariance (Hewitt 2021), seeded by `seed`.
 
 Rows added only to pad the matrix to `pad_to_multiple_of` (GPU efficiency) get the mean of the old
-rows; the tokenizer never produces their ids.
+rows; the tokenizer never produces their ids. `save_expanded` writes the grown model, its tokenizer
+and the expansion record (`vocab_expansion.json`) as one atomic directory.
 """
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import torch
 
-METHODS = ("mean", "merge", "random", "wmean")
+from .atomic import atomic_dir, atomic_write_json
+from .method import INIT_METHODS
+
+METHODS = INIT_METHODS  # the one definition lives in elchat.method
 WHITESPACE_PENALTY = 0.1
 
 
@@ -149,3 +156,16 @@ def resize_and_initialize(model, old_tokenizer, new_tokenizer, method: str = "me
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     model.config.vocab_size = n
     return model
+
+
+def save_expanded(model, tokenizer, out_dir: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write an expanded model, its tokenizer and `vocab_expansion.json` (`info`) atomically.
+
+    A later stage never sees a model without its tokenizer or record (see `elchat.atomic`).
+    Example: `save_expanded(model, tok2, "runs/micro/am/01_vocab/chat_ve", {"init": "mean"})`.
+    """
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "vocab_expansion.json", info or {})
+    return Path(out_dir)

@@ -24,20 +24,35 @@ assigned code points all belong to the target scripts (e.g. E1 88 -> U+1200..U+1
 lone continuation pair like 88 80 also occurs in U+2200 "∀" and is rejected). Valid UTF-8 puts
 that lead byte only at the start of a character, so such bytes exist only in target-script text.
 For the Metaspace family tokens are characters, and a+b must contain a target-script character.
-Target scripts are the Unicode scripts (first word of the character name) of the corpus's letters,
-Latin excluded so English and code never change. This is stricter than the published ElChat code,
-whose new merges outrank the old ones.
+Target scripts are the Unicode scripts (`elchat.scripts`: first word of the character name) of the
+corpus's letters, Latin excluded so English and code never change. This is stricter than the
+published ElChat code, whose new merges outrank the old ones.
+
+`write_expanded_model` then grows a model to the new tokenizer (`elchat.embeddings`) and writes it.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import json
+import re
 import tempfile
 import unicodedata
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tokenizers import Tokenizer, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from transformers import AutoTokenizer
+
+from .data import is_corpus_file, load_texts
+from .embeddings import METHODS, resize_and_initialize, save_expanded
+from .models import fetch, load_model, load_tokenizer
+from .scripts import char_script, detect_scripts
+
 _PUA = 0xF0000  # supplementary private-use planes 15-16: one character per old token id
+_AUX_ATTEMPTS = 4  # auxiliary BPE trainings at most, each twice as large as the one before
 
 
 def tokens_per_char(tokenizer, texts) -> float:
@@ -51,30 +66,6 @@ def tokens_per_char(tokenizer, texts) -> float:
         raise ValueError("tokens_per_char: no text given (all texts empty)")
     enc = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
     return sum(len(e.ids) for e in enc) / chars
-
-
-def char_script(ch: str) -> str:
-    """The script of a character as the first word of its Unicode name ('' if unnamed).
-
-    Example: `char_script("ሀ") == "ETHIOPIC"`, `char_script("ж") == "CYRILLIC"`.
-    """
-    return unicodedata.name(ch, "").split(" ", 1)[0]
-
-
-def detect_scripts(texts, min_share: float = 0.01) -> list[str]:
-    """Scripts holding at least `min_share` of the non-Latin letters and marks of `texts`.
-
-    Example: `detect_scripts(["ሰላም hello"]) == ["ETHIOPIC"]`.
-    """
-    counts = collections.Counter()
-    for t in texts:
-        for ch in t:
-            if ord(ch) > 0x7F and unicodedata.category(ch)[0] in "LM":
-                counts[char_script(ch)] += 1
-    counts.pop("LATIN", None)
-    counts.pop("", None)
-    total = sum(counts.values())
-    return sorted(s for s, n in counts.items() if n >= min_share * total) if total else []
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -158,10 +149,71 @@ def _load_state(tokenizer) -> dict:
     return json.loads(backend.to_str())
 
 
+def _split_merge(merge) -> tuple[str, str]:
+    # tokenizer.json stores a merge as "a b" (older files) or as ["a", "b"]
+    return tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What expansion reads from the source tokenizer.json."""
+
+    state: dict             # the whole tokenizer.json, parsed
+    kind: str               # "byte" or "metaspace" (see `_kind`)
+    vocab: dict             # old token -> id
+    merges: frozenset       # old merges as (a, b)
+    added: frozenset        # contents of special/added tokens, never made into BPE tokens
+    first_id: int           # id of the first new token: after the whole old vocabulary
+
+    def vocab_with(self, new_tokens) -> dict:
+        """Old vocabulary plus `new_tokens` at consecutive ids from `first_id`."""
+        return {**self.vocab, **{t: self.first_id + k for k, t in enumerate(new_tokens)}}
+
+
+def _read_source(tokenizer) -> _Source:
+    state = _load_state(tokenizer)
+    kind = _kind(state)
+    model, added = state["model"], state.get("added_tokens", [])
+    return _Source(state=state, kind=kind, vocab=dict(model["vocab"]),
+                   merges=frozenset(_split_merge(m) for m in model["merges"]),
+                   added=frozenset(t["content"] for t in added),
+                   first_id=max(list(model["vocab"].values()) + [t["id"] for t in added]) + 1)
+
+
+def _check_inputs(target_texts, num_new_tokens) -> list[str]:
+    """The non-blank target texts; bad `num_new_tokens` or an empty corpus raise ValueError."""
+    if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens <= 0:
+        raise ValueError(f"num_new_tokens={num_new_tokens!r}: expected a positive integer")
+    if isinstance(target_texts, str):
+        target_texts = [target_texts]
+    texts = [t for t in target_texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError("the target corpus is empty or whitespace-only; give target-language text")
+    return texts
+
+
+def _root_characters(source: _Source, texts, scripts: frozenset, min_frequency: int,
+                     limit: int) -> list[str]:
+    """Metaspace family: target-script characters the vocabulary lacks, most frequent first.
+
+    They fell back to bytes in the source; they become single-character tokens (root tokens
+    without a merge). Example: `_root_characters(src, ["ሰላም ሰላም"], {"ETHIOPIC"}, 2, 10)`.
+    """
+    chars = collections.Counter(ch for t in texts for ch in t if char_script(ch) in scripts)
+    out = []
+    for ch, n in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0])):
+        if n >= min_frequency and ch not in source.vocab and ch not in source.added \
+                and len(out) < limit:
+            out.append(ch)
+    return out
+
+
+def _decode_bytes(token: str) -> bytes:
+    return bytes(_UNICODE_TO_BYTE.get(ch, 0) for ch in token)
+
+
 def _words(backend, texts, kind: str, scripts: frozenset):
     """Pre-tokenized words of `texts` holding a target-script character, with counts."""
-    import re
-
     counts = collections.Counter()
     for text in texts:
         s = backend.normalizer.normalize_str(text) if backend.normalizer else text
@@ -179,10 +231,6 @@ def _words(backend, texts, kind: str, scripts: frozenset):
     return {w: n for w, n in counts.items() if keep(w)}
 
 
-def _decode_bytes(token: str) -> bytes:
-    return bytes(_UNICODE_TO_BYTE.get(ch, 0) for ch in token)
-
-
 def _allowed_root(kind: str, token: str, scripts: frozenset) -> bool:
     if kind == "byte":
         if any(ch not in _UNICODE_TO_BYTE for ch in token):
@@ -191,10 +239,23 @@ def _allowed_root(kind: str, token: str, scripts: frozenset) -> bool:
     return any(char_script(ch) in scripts for ch in token)
 
 
-def _train_aux(pua_counts: dict, size: int, min_frequency: int) -> list[tuple[str, str]]:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _pua_words(source: _Source, vocab: dict, texts, scripts: frozenset):
+    """(target words as strings of one private-use character per source token, with counts;
+    number of target words). Words the source keeps as one token have nothing to merge."""
+    work = json.loads(json.dumps(source.state))
+    work["model"]["vocab"] = vocab
+    backend = Tokenizer.from_str(json.dumps(work))
+    words = _words(backend, texts, source.kind, scripts)
+    pua_counts = collections.Counter()
+    for w, n in words.items():
+        ids = [t.id for t in backend.model.tokenize(w)]
+        if len(ids) > 1:
+            pua_counts["".join(chr(_PUA + i) for i in ids)] += n
+    return pua_counts, len(words)
 
-    aux = Tokenizer(models.BPE())
+
+def _train_aux(pua_counts: dict, size: int, min_frequency: int) -> list[tuple[str, str]]:
+    aux = Tokenizer(BPE())
     aux.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     alphabet = {ch for w in pua_counts for ch in w}
     trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + size, min_frequency=min_frequency,
@@ -206,8 +267,78 @@ def _train_aux(pua_counts: dict, size: int, min_frequency: int) -> list[tuple[st
             yield [" ".join([w] * n) for w, n in items[i:i + chunk]]
 
     aux.train_from_iterator(batches(), trainer)
-    merges = json.loads(aux.to_str())["model"]["merges"]
-    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+    return [_split_merge(m) for m in json.loads(aux.to_str())["model"]["merges"]]
+
+
+def _accept_merges(source: _Source, aux_merges, roots: list[str], scripts: frozenset,
+                   num_new_tokens: int):
+    """(new tokens, new merges, rejected root merges) from the translated auxiliary merges.
+
+    A merge is skipped when a part is unknown, it already exists, it would rebuild a special
+    token or (Metaspace) glue fallback bytes; a root merge (both parts old) is rejected unless
+    `_allowed_root`; a merge of two known parts into a known token adds only the merge.
+    """
+    vocab, tokens, pairs = source.vocab_with(roots), list(roots), set(source.merges)
+    merges, rejected = [], 0
+    for a, b in aux_merges:
+        c = a + b
+        if a not in vocab or b not in vocab or (a, b) in pairs or c in source.added:
+            continue
+        if source.kind == "metaspace" and (a.startswith("<0x") or b.startswith("<0x")):
+            continue  # a merge of fallback bytes would make a token no decoder can read
+        if a in source.vocab and b in source.vocab and not _allowed_root(source.kind, c, scripts):
+            rejected += 1
+            continue
+        if c not in vocab:
+            if len(tokens) >= num_new_tokens:
+                break
+            vocab[c] = source.first_id + len(tokens)
+            tokens.append(c)
+        pairs.add((a, b))
+        merges.append((a, b))
+    return tokens, merges, rejected
+
+
+def _auxiliary_merges(source: _Source, texts, scripts: frozenset, roots: list[str],
+                      num_new_tokens: int, min_frequency: int):
+    """(new tokens, new merges, rejected root merges, target words) from an auxiliary BPE.
+
+    The auxiliary BPE is trained larger than the budget, and retrained twice as large while
+    rejected or already-known merges left the budget unfilled and the corpus had more to give.
+    """
+    vocab = source.vocab_with(roots)
+    pua_counts, n_words = _pua_words(source, vocab, texts, scripts)
+    id_to_token = {i: t for t, i in vocab.items()}
+
+    def to_str(pua: str) -> str:
+        return "".join(id_to_token[ord(ch) - _PUA] for ch in pua)
+
+    budget = num_new_tokens - len(roots)
+    size = budget + budget // 2 + 16
+    for _attempt in range(_AUX_ATTEMPTS):
+        aux = _train_aux(pua_counts, size, min_frequency) if pua_counts else []
+        tokens, merges, rejected = _accept_merges(
+            source, [(to_str(x), to_str(y)) for x, y in aux], roots, scripts, num_new_tokens)
+        if len(tokens) >= num_new_tokens or len(aux) < size:
+            break  # enough tokens, or the corpus has no more merges to give
+        size *= 2
+    return tokens, merges, rejected, n_words
+
+
+def _write_tokenizer(source_tokenizer, source: _Source, new_tokens: list[str], new_merges) -> object:
+    """The source tokenizer with `new_tokens` and `new_merges` appended to its tokenizer.json.
+
+    Hand-edited tokenizer.json: `tokenizer.add_tokens` would make added tokens, matched as whole
+    strings before BPE; they would split old words mid-way and carry no merges.
+    """
+    model = source.state["model"]
+    string_merges = bool(model["merges"]) and isinstance(model["merges"][0], str)
+    merges = list(model["merges"]) + [f"{a} {b}" if string_merges else [a, b] for a, b in new_merges]
+    state = {**source.state, "model": {**model, "vocab": source.vocab_with(new_tokens), "merges": merges}}
+    with tempfile.TemporaryDirectory() as tmp:
+        source_tokenizer.save_pretrained(tmp)
+        Path(tmp, "tokenizer.json").write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+        return AutoTokenizer.from_pretrained(tmp)
 
 
 def expand_vocabulary(source_tokenizer, target_texts, num_new_tokens: int, *, min_frequency: int = 2,
@@ -219,151 +350,64 @@ def expand_vocabulary(source_tokenizer, target_texts, num_new_tokens: int, *, mi
     before (see the module docstring). `scripts` overrides the detected target scripts.
     Example: `tok2, info = expand_vocabulary(tok, load_texts("am"), 5000)`.
     """
-    from transformers import AutoTokenizer
-    from tokenizers import Tokenizer
-
-    if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens <= 0:
-        raise ValueError(f"num_new_tokens={num_new_tokens!r}: expected a positive integer")
-    if isinstance(target_texts, str):
-        target_texts = [target_texts]
-    texts = [t for t in target_texts if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise ValueError("the target corpus is empty or whitespace-only; give target-language text")
-    state = _load_state(source_tokenizer)
-    kind = _kind(state)
+    texts = _check_inputs(target_texts, num_new_tokens)
+    source = _read_source(source_tokenizer)
     scripts = frozenset(scripts) if scripts else frozenset(detect_scripts(texts))
-    model = state["model"]
-    string_merges = bool(model["merges"]) and isinstance(model["merges"][0], str)
-    old_vocab = dict(model["vocab"])
-    vocab = dict(old_vocab)
-    added_contents = {t["content"] for t in state.get("added_tokens", [])}
-    next_id = max(list(vocab.values()) + [t["id"] for t in state.get("added_tokens", [])]) + 1
-    first_id = next_id
-    pairs = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]}
-    new_tokens, new_merges, rejected = [], [], 0
-
-    def add_token(tok):
-        nonlocal next_id
-        vocab[tok] = next_id
-        new_tokens.append(tok)
-        next_id += 1
-
-    if kind == "metaspace" and scripts:
-        # Characters the source lacks fell back to bytes; they become single-character tokens
-        # (root tokens without a merge), target-script characters only.
-        chars = collections.Counter(ch for t in texts for ch in t if char_script(ch) in scripts)
-        for ch, n in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0])):
-            if n >= min_frequency and ch not in vocab and ch not in added_contents \
-                    and len(new_tokens) < num_new_tokens:
-                add_token(ch)
-    words = {}
-    if scripts and len(new_tokens) < num_new_tokens:
-        work = json.loads(json.dumps(state))
-        work["model"]["vocab"] = vocab
-        backend = Tokenizer.from_str(json.dumps(work))
-        words = _words(backend, texts, kind, scripts)
-        id_to_tok = {i: t for t, i in vocab.items()}
-        pua_counts = collections.Counter()
-        for w, n in words.items():
-            ids = [t.id for t in backend.model.tokenize(w)]
-            if len(ids) > 1:
-                pua_counts["".join(chr(_PUA + i) for i in ids)] += n
-
-        def to_str(pua: str) -> str:
-            return "".join(id_to_tok[ord(ch) - _PUA] for ch in pua)
-
-        base_vocab, base_tokens, base_pairs = dict(vocab), list(new_tokens), set(pairs)
-        budget = num_new_tokens - len(new_tokens)
-        size = budget + budget // 2 + 16
-        for _attempt in range(4):  # retrain bigger while merges were rejected or already known
-            vocab, new_tokens, pairs = dict(base_vocab), list(base_tokens), set(base_pairs)
-            next_id = first_id + len(new_tokens)
-            new_merges, rejected = [], 0
-            aux = _train_aux(pua_counts, size, min_frequency) if pua_counts else []
-            for x, y in aux:
-                a, b = to_str(x), to_str(y)
-                c = a + b
-                if a not in vocab or b not in vocab or (a, b) in pairs or c in added_contents:
-                    continue
-                if kind == "metaspace" and (a.startswith("<0x") or b.startswith("<0x")):
-                    continue  # a merge of fallback bytes would make a token no decoder can read
-                if a in old_vocab and b in old_vocab and not _allowed_root(kind, c, scripts):
-                    rejected += 1
-                    continue
-                if c not in vocab:
-                    if len(new_tokens) >= num_new_tokens:
-                        break
-                    add_token(c)
-                pairs.add((a, b))
-                new_merges.append((a, b))
-            if len(new_tokens) >= num_new_tokens or len(aux) < size:
-                break  # enough tokens, or the corpus has no more merges to give
-            size *= 2
-    info = {"kind": kind, "scripts": sorted(scripts), "num_requested": num_new_tokens,
-            "num_added": len(new_tokens), "num_new_merges": len(new_merges),
+    tokens, merges, rejected, n_words = [], [], 0, 0
+    if source.kind == "metaspace" and scripts:
+        tokens = _root_characters(source, texts, scripts, min_frequency, num_new_tokens)
+    if scripts and len(tokens) < num_new_tokens:
+        tokens, merges, rejected, n_words = _auxiliary_merges(source, texts, scripts, tokens,
+                                                               num_new_tokens, min_frequency)
+    info = {"kind": source.kind, "scripts": sorted(scripts), "num_requested": num_new_tokens,
+            "num_added": len(tokens), "num_new_merges": len(merges),
             "rejected_root_merges": rejected, "source_vocab_size": len(source_tokenizer),
-            "first_new_id": first_id, "target_words": len(words)}
-    if not new_tokens:
+            "first_new_id": source.first_id, "target_words": n_words}
+    if not tokens:
+        new_tok = source_tokenizer
         info.update(new_vocab_size=len(source_tokenizer), new_tokens=[], message=(
             "the target corpus is already covered by the source tokenizer (no new token found"
             + (f" for scripts {sorted(scripts)}" if scripts else "; no non-Latin script detected")
             + "); returning the source tokenizer unchanged"))
-        _add_eval(info, source_tokenizer, source_tokenizer, eval_texts)
-        return source_tokenizer, info
-    # Hand-edited tokenizer.json: `tokenizer.add_tokens` would make added tokens, matched as whole
-    # strings before BPE; they would split old words mid-way and carry no merges.
-    model["vocab"] = {t: i for t, i in vocab.items()}
-    model["merges"] = list(model["merges"]) + [f"{a} {b}" if string_merges else [a, b]
-                                               for a, b in new_merges]
-    with tempfile.TemporaryDirectory() as tmp:
-        source_tokenizer.save_pretrained(tmp)
-        Path(tmp, "tokenizer.json").write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
-        new_tok = AutoTokenizer.from_pretrained(tmp)
-    info.update(new_vocab_size=len(new_tok), new_tokens=new_tokens,
-                message=f"added {len(new_tokens)} tokens ({len(new_merges)} merges) for {sorted(scripts)}")
-    _add_eval(info, source_tokenizer, new_tok, eval_texts)
+    else:
+        new_tok = _write_tokenizer(source_tokenizer, source, tokens, merges)
+        info.update(new_vocab_size=len(new_tok), new_tokens=tokens,
+                    message=f"added {len(tokens)} tokens ({len(merges)} merges) for {sorted(scripts)}")
+    if eval_texts:
+        info["tokens_per_char_before"] = tokens_per_char(source_tokenizer, eval_texts)
+        info["tokens_per_char_after"] = tokens_per_char(new_tok, eval_texts)
     return new_tok, info
 
 
-def _add_eval(info, old, new, eval_texts):
-    if eval_texts:
-        info["tokens_per_char_before"] = tokens_per_char(old, eval_texts)
-        info["tokens_per_char_after"] = tokens_per_char(new, eval_texts)
+def write_expanded_model(source_dir, old_tokenizer, new_tokenizer, out_dir, method: str = "mean",
+                         seed: int = 0, info: dict | None = None, device: str = "auto",
+                         dtype: str = "auto", pad_to_multiple_of: int | None = None) -> Path:
+    """Load the model in `source_dir`, grow it to `new_tokenizer` with `method`-initialized rows
+    and write it to `out_dir` atomically, with `vocab_expansion.json` = {**info, init, source}.
 
-
-def check_params(num_new_tokens, init_method, compare_sizes, compare_methods) -> None:
-    """Validate notebook 01's own parameters (a clear error names the bad one).
-
-    Example: `check_params(5000, "mean", [1000, 5000], ["mean", "merge"])`.
+    `source_dir`'s own tokenizer must be `old_tokenizer` (a base model gets the tokenizer expanded
+    for its chat model only when both share one vocabulary).
+    Example: `write_expanded_model(chat, tok, tok2, "runs/micro/am/01_vocab/chat_ve", "mean", 0, info)`.
     """
-    from .embeddings import METHODS
-
-    def positive(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    if not positive(num_new_tokens):
-        raise ValueError(f"parameter num_new_tokens={num_new_tokens!r}: expected a positive integer")
-    if init_method not in METHODS:
-        raise ValueError(f"parameter init_method={init_method!r}: choose one of {', '.join(METHODS)}")
-    if not isinstance(compare_sizes, (list, tuple)) or not all(positive(v) for v in compare_sizes):
-        raise ValueError(f"parameter compare_sizes={compare_sizes!r}: expected a list of positive integers")
-    bad = [m for m in compare_methods if m not in METHODS] if isinstance(compare_methods, (list, tuple)) else [compare_methods]
-    if bad:
-        raise ValueError(f"parameter compare_methods: unknown {bad}; choose from {', '.join(METHODS)}")
+    own = load_tokenizer(source_dir)
+    if own.get_vocab() != old_tokenizer.get_vocab():
+        raise ValueError(f"the tokenizer of {source_dir} ({len(own)} tokens) is not the one that was "
+                         f"expanded ({len(old_tokenizer)} tokens); the study needs a base/chat pair "
+                         "of one family")
+    model = load_model(source_dir, device=device, dtype=dtype)
+    resize_and_initialize(model, old_tokenizer, new_tokenizer, method=method, seed=seed,
+                          pad_to_multiple_of=pad_to_multiple_of)
+    record = {**(info or {}), "init": method, "source": str(source_dir)}
+    return save_expanded(model, new_tokenizer, out_dir, record)
 
 
 def _cmd_expand(args) -> int:
-    from .atomic import atomic_dir, atomic_write_json
-    from .data import load_texts
-    from .embeddings import METHODS, resize_and_initialize
-    from .models import fetch, load_model, load_tokenizer
-
     if args.new_tokens <= 0:
         raise ValueError(f"--new-tokens {args.new_tokens}: expected a positive integer")
     if args.init not in METHODS:
         raise ValueError(f"--init {args.init}: choose one of {', '.join(METHODS)}")
     train = load_texts(args.lang, "train")
-    is_file = Path(args.lang).is_file()
+    is_file = is_corpus_file(args.lang)
     test = train if is_file else load_texts(args.lang, "test")
     english = load_texts("en", "test")
     chat = fetch(args.model)["chat"]
@@ -376,20 +420,13 @@ def _cmd_expand(args) -> int:
           f"{info['tokens_per_char_after']:.3f}")
     print(f"tokens/char on en test: {tokens_per_char(tok, english):.3f} -> "
           f"{tokens_per_char(new_tok, english):.3f}")
-    model = load_model(chat, device="cpu", dtype="float32")
-    resize_and_initialize(model, tok, new_tok, method=args.init, seed=args.seed,
-                          pad_to_multiple_of=args.pad_to_multiple_of)
-    with atomic_dir(args.out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        new_tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "vocab_expansion.json", {**info, "init": args.init, "source": str(chat)})
+    write_expanded_model(chat, tok, new_tok, args.out, method=args.init, seed=args.seed, info=info,
+                         device="cpu", dtype="float32", pad_to_multiple_of=args.pad_to_multiple_of)
     print(f"wrote {args.out}")
     return 0
 
 
 def register_cli(subparsers) -> None:
-    import argparse
-
     p = subparsers.add_parser("vocab", help="vocabulary expansion")
     sub = p.add_subparsers(dest="vocab_command", metavar="SUBCOMMAND", required=True)
     e = sub.add_parser("expand", help="add target-language tokens and initialize their embeddings",

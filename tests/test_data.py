@@ -229,3 +229,26 @@ def test_missing_data_dir_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ELCHAT_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="ELCHAT_DATA_DIR"):
         data.load_texts("en")
+
+
+@pytest.mark.parametrize("text, lang, kept", [
+    ("ሰላም ok", "am", True),        # 3 of 5 letters Ethiopic: share 0.6 is enough
+    ("ሰላ okk", "am", False),        # 2 of 5: share 0.4
+    ("ሰ", "am", False),             # one letter: fewer than min_letters=2
+    ("Привет, мир", "ru", True),
+    ("\ua640\ua641", "ru", True),   # Cyrillic Extended-B: Cyrillic by its Unicode name
+    ("繁體ㄅ", "zh_TW", True),       # ideographs and Bopomofo
+    ("Open File", "en", True),
+    ("Open 檔案", "en", True),       # 4 of 6 letters Latin
+])
+def test_build_keeps_strings_in_their_script(text, lang, kept):
+    assert _build_module().keep(text, lang) is kept
+
+
+def test_build_uses_the_one_script_table():
+    from elchat import scripts
+
+    build = _build_module()
+    assert build.script_letters is scripts.script_letters
+    assert not hasattr(build, "SCRIPTS") and not hasattr(build, "in_script")
+    assert set(build.LANGS) == set(scripts.LANGUAGE_SCRIPTS)

@@ -137,3 +137,23 @@ def test_bad_input(tiny_pair, tokenizers):
         embeddings.resize_and_initialize(model, old_tok, new_tok, pad_to_multiple_of=0)
     with pytest.raises(ValueError, match="does not extend"):
         embeddings.resize_and_initialize(model, new_tok, old_tok)
+
+
+def test_save_expanded(tmp_path, tiny_tied_chat, tokenizers):
+    import json
+
+    from transformers import AutoTokenizer
+
+    old_tok, new_tok = tokenizers
+    model = _load(tiny_tied_chat)
+    embeddings.resize_and_initialize(model, old_tok, new_tok, method="mean")
+    info = {"init": "mean", "num_added": 60, "scripts": ["ETHIOPIC"], "new_tokens": ["ሰላም"]}
+    out = embeddings.save_expanded(model, new_tok, tmp_path / "chat_ve", info)
+    assert out == tmp_path / "chat_ve" and not list(tmp_path.glob(".tmp-*"))
+    assert json.loads((out / "vocab_expansion.json").read_text(encoding="utf-8")) == info
+    again = _load(out)
+    assert again.get_output_embeddings().weight is again.get_input_embeddings().weight
+    assert torch.equal(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == new_tok.get_vocab()
+    embeddings.save_expanded(model, new_tok, out)  # overwrites in place; no info gives an empty record
+    assert json.loads((out / "vocab_expansion.json").read_text(encoding="utf-8")) == {}

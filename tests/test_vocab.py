@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from elchat import vocab
 
@@ -233,3 +234,57 @@ def test_round_trip_test_splits(expanded):
     new, _ = expanded
     texts = [t for ts in guard_texts("en").values() for t in ts]  # every language incl. Amharic
     assert all(new.decode(new.encode(t, add_special_tokens=False)) == t for t in texts)
+
+
+def test_write_expanded_model(tmp_path, tiny_pair, tiny_tokenizer, expanded):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from elchat import embeddings
+
+    new, info = expanded
+    out = vocab.write_expanded_model(tiny_pair["base"], tiny_tokenizer, new, tmp_path / "base_ve",
+                                     method="wmean", seed=1, info=info, device="cpu", dtype="float32")
+    assert out == tmp_path / "base_ve" and not list(tmp_path.glob(".tmp-*"))
+    record = json.loads((out / "vocab_expansion.json").read_text(encoding="utf-8"))
+    assert record == json.loads(json.dumps({**info, "init": "wmean", "source": str(tiny_pair["base"])}))
+    again = AutoTokenizer.from_pretrained(out)
+    assert again.get_vocab() == new.get_vocab() and again.chat_template == tiny_tokenizer.chat_template
+    model = AutoModelForCausalLM.from_pretrained(out)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_pair["base"])
+    embeddings.resize_and_initialize(reference, tiny_tokenizer, new, method="wmean", seed=1)
+    for got, want in ((model.get_input_embeddings(), reference.get_input_embeddings()),
+                      (model.get_output_embeddings(), reference.get_output_embeddings())):
+        assert got.weight.shape[0] == len(new) and torch.equal(got.weight, want.weight)
+
+
+def test_write_expanded_model_refuses_another_tokenizer(tmp_path, tiny_pair):
+    src = make_metaspace_tokenizer()  # not the tokenizer of tiny_pair's models
+    new, _ = vocab.expand_vocabulary(src, amharic_corpus()[:200], 20)
+    with pytest.raises(ValueError, match="base/chat pair of one family"):
+        vocab.write_expanded_model(tiny_pair["chat"], src, new, tmp_path / "bad", device="cpu")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("name, args", [
+    ("num_new_tokens", (0, "mean", [10], ["mean"], 100)),
+    ("num_new_tokens", (True, "mean", [10], ["mean"], 100)),
+    ("init_method", (10, "focus", [10], ["mean"], 100)),
+    ("compare_sizes", (10, "mean", 1000, ["mean"], 100)),
+    ("compare_sizes", (10, "mean", [10, -1], ["mean"], 100)),
+    ("compare_methods", (10, "mean", [10], "mean", 100)),
+    ("compare_methods", (10, "mean", [10], ["mean", "focus"], 100)),
+    ("eval_chars", (10, "mean", [10], ["mean"], 0)),
+    ("eval_chars", (10, "mean", [10], ["mean"], 2.5)),
+])
+def test_check_vocab_params_names_the_parameter(name, args):
+    from elchat.params import check_vocab_params
+
+    with pytest.raises(ValueError, match=f"parameter {name}"):
+        check_vocab_params(*args)
+
+
+def test_check_vocab_params_accepts_defaults():
+    from elchat.embeddings import METHODS
+    from elchat.params import check_vocab_params
+
+    assert check_vocab_params(5000, "mean", [1000, 5000, 10000], list(METHODS), 2000) is None
