@@ -25,6 +25,8 @@ import json
 import random
 import re
 
+from .evaluation.ifeval import count_sentences, count_words, load_prompts
+
 TOPICS = [
     "the ocean", "mountains", "rain", "a small garden", "bread", "trains", "the moon", "winter",
     "coffee", "a quiet library", "bicycles", "rivers", "old maps", "birds", "the night sky",
@@ -78,19 +80,8 @@ def _compatible(a: str, b: str) -> bool:
     return not ({a, b} & _WRAPPED and {a, b} & _FRAMING)
 
 
-def _words(text: str) -> int:
-    return len(re.findall(r"\w+", text))
-
-
-def _sentences(text: str) -> int:
-    return len([s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if re.search(r"\w", s)])
-
-
-def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, list[dict]]:
-    """(prompt, response, kwargs per instruction); the response satisfies every instruction."""
-    fill = lambda s: s.format(t=topic, T=topic[0].upper() + topic[1:])  # noqa: E731
-    body = [fill(s) for s in rng.sample(_SENTENCES, rng.randint(1, 3))]  # short: fits a tiny model
-    kw, phrases = {}, {}
+def _add_keywords(rng: random.Random, ids: list[str], body: list[str], kw: dict, phrases: dict) -> None:
+    """Content: sentences carrying the keywords (existence, frequency), appended to `body`."""
     if "keywords:existence" in ids:
         ks = rng.sample(_KEYWORDS, 2)
         body.append(f"It reminds me of {ks[0]} and {ks[1]}.")
@@ -101,6 +92,10 @@ def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, 
         body.append(" ".join([f"I like the word {k}."] + [f"Yes {k}."] * (f - 1)))
         kw["keywords:frequency"] = {"keyword": k, "frequency": f, "relation": "at least"}
         phrases["keywords:frequency"] = f"The word \"{k}\" should appear at least {f} times."
+
+
+def _structure(rng: random.Random, ids: list[str], body: list[str], fill, kw: dict, phrases: dict) -> str:
+    """Structure: the body as bullets, paragraphs or one block, then wrapped in JSON or quotes."""
     if "detectable_format:number_bullet_lists" in ids:
         n = len(body)
         text = "\n".join(f"* {s}" for s in body)
@@ -123,6 +118,11 @@ def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, 
     if "startend:quotation" in ids:
         text = f"\"{text}\""
         phrases["startend:quotation"] = "Put double quotation marks around your entire answer."
+    return text
+
+
+def _frame(rng: random.Random, ids: list[str], text: str, topic: str, kw: dict, phrases: dict) -> str:
+    """Framing: title, start phrase, P.S. and end phrase around the text."""
     if "detectable_format:title" in ids:
         text = f"<<{topic.title()}>>\n{text}"
         phrases["detectable_format:title"] = "Start with a title in double angular brackets like <<title>>."
@@ -140,6 +140,11 @@ def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, 
         text = f"{text} {p}"
         kw["startend:end_checker"] = {"end_phrase": p}
         phrases["startend:end_checker"] = f"The last words of your response must be \"{p}\" exactly."
+    return text
+
+
+def _case(ids: list[str], text: str, phrases: dict) -> str:
+    """Case (upper/lower) last among the edits; every checker of phrases ignores case."""
     if "change_case:english_capital" in ids:
         text = text.upper()
         phrases["change_case:english_capital"] = "Write everything in capital letters."
@@ -148,9 +153,14 @@ def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, 
         phrases["change_case:english_lowercase"] = "Write everything in lowercase letters; no capitals."
     if "punctuation:no_comma" in ids:
         phrases["punctuation:no_comma"] = "Avoid commas completely."
-    for iid, count, unit in (("length_constraints:number_words", _words(text), "words"),
-                             ("length_constraints:number_sentences", _sentences(text), "sentences")):
-        if iid in ids:  # limits taken from the finished answer, so they hold by construction
+    return text
+
+
+def _limits(rng: random.Random, ids: list[str], text: str, kw: dict, phrases: dict) -> None:
+    """Limits and forbidden words, taken from the finished answer so they hold by construction."""
+    for iid, count, unit in (("length_constraints:number_words", count_words(text), "words"),
+                             ("length_constraints:number_sentences", count_sentences(text), "sentences")):
+        if iid in ids:
             if rng.random() < 0.5:
                 n, rel, say = count + rng.randint(1, 8), "less than", "Keep it under {n} {u}."
             else:
@@ -162,6 +172,21 @@ def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, 
         ws = rng.sample(absent, min(2, len(absent)))
         kw["keywords:forbidden_words"] = {"forbidden_words": ws}
         phrases["keywords:forbidden_words"] = "Do not say " + " or ".join(f"\"{w}\"" for w in ws) + "."
+
+
+def _example(rng: random.Random, ids: list[str], topic: str) -> tuple[str, str, list[dict]]:
+    """(prompt, response, kwargs per instruction); the response satisfies every instruction.
+
+    The steps run in the order of the module docstring, so no step undoes an earlier one.
+    """
+    fill = lambda s: s.format(t=topic, T=topic[0].upper() + topic[1:])  # noqa: E731
+    body = [fill(s) for s in rng.sample(_SENTENCES, rng.randint(1, 3))]  # short: fits a tiny model
+    kw, phrases = {}, {}
+    _add_keywords(rng, ids, body, kw, phrases)
+    text = _structure(rng, ids, body, fill, kw, phrases)
+    text = _frame(rng, ids, text, topic, kw, phrases)
+    text = _case(ids, text, phrases)
+    _limits(rng, ids, text, kw, phrases)
     prompt = " ".join([rng.choice(_ASKS).format(t=topic)] + [phrases[i] for i in ids])
     return prompt, text, [kw.get(i, {}) for i in ids]
 
@@ -171,15 +196,13 @@ def _norm(text: str) -> str:
 
 
 def _eval_prompts() -> set[str]:
-    from .evaluation.ifeval import load_prompts
-
     return {_norm(p["prompt"]) for p in load_prompts()}
 
 
-def generate(n: int, seed: int = 0, split: str = "train") -> list[dict]:
+def make_examples(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     """`n` examples: `{"messages": [user, assistant], "instruction_id_list": [...], "kwargs": [...]}`.
 
-    Example: `generate(2, seed=0)[0]["messages"][1]["role"] == "assistant"`.
+    Example: `make_examples(2, seed=0)[0]["messages"][1]["role"] == "assistant"`.
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split={split!r}: expected 'train' or 'heldout'")

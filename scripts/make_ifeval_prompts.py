@@ -1,5 +1,12 @@
-"""Builds elchat/evaluation/prompts/ifeval.jsonl deterministically: `python scripts/make_ifeval_prompts.py`."""
-import json, random, sys
+"""Builds elchat/evaluation/prompts/ifeval.jsonl deterministically: `python scripts/make_ifeval_prompts.py`.
+
+Each prompt is a writing task plus one or two verifiable instructions (IFEval's ids and kwargs, checked
+by `elchat.evaluation.ifeval`); pairs in CONFLICT cannot both hold and are never combined. The training
+data of the micro chat model (`elchat.instructions.make_examples`) never repeats one of these prompts.
+"""
+import json
+import random
+import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "elchat" / "evaluation" / "prompts" / "ifeval.jsonl"
@@ -97,19 +104,33 @@ CONFLICT = [{"upper", "lower"}, {"json", "no_comma"}, {"json", "end"}, {"json", 
             {"upper", "end"}, {"upper", "ps"}, {"include", "forbid"}, {"freq", "forbid"}, {"freq", "include"},
             {"upper", "title"}, {"lower", "title"}, {"lower", "ps"}, {"lower", "start"}, {"lower", "end"}, {"words_lt", "words_lt"}]
 
-rng = random.Random(0)
-out = []
-for i in range(162):
-    task = TASKS[i % len(TASKS)]
-    fams = [FAMILIES[i % len(FAMILIES)]]
-    if i % 3 != 2:  # two of three prompts get a second instruction
-        cands = [f for f in SECOND if f != fams[0] and {f, fams[0]} not in CONFLICT]
-        fams.append(rng.choice(cands))
-    ins = [instruction(f, task, rng) for f in fams]
-    prompt = task[0] + " " + " ".join(t for _, _, t in ins)
-    out.append({"key": i, "prompt": prompt, "instruction_id_list": [a for a, _, _ in ins], "kwargs": [k for _, k, _ in ins]})
-assert len({o["prompt"] for o in out}) == len(out)
-with open(sys.argv[1] if len(sys.argv) > 1 else OUT, "w", encoding="utf-8") as f:
-    for o in out:
-        f.write(json.dumps(o, ensure_ascii=False) + "\n")
-print(len(out))
+
+
+def make_prompts(n: int = 162, seed: int = 0) -> list[dict]:
+    """`n` prompts cycling through TASKS and FAMILIES; two of three get a second instruction."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        task = TASKS[i % len(TASKS)]
+        fams = [FAMILIES[i % len(FAMILIES)]]
+        if i % 3 != 2:
+            cands = [f for f in SECOND if f != fams[0] and {f, fams[0]} not in CONFLICT]
+            fams.append(rng.choice(cands))
+        ins = [instruction(f, task, rng) for f in fams]
+        prompt = task[0] + " " + " ".join(t for _, _, t in ins)
+        out.append({"key": i, "prompt": prompt, "instruction_id_list": [a for a, _, _ in ins],
+                    "kwargs": [k for _, k, _ in ins]})
+    assert len({o["prompt"] for o in out}) == len(out)
+    return out
+
+
+def main(path=OUT) -> None:
+    out = make_prompts()
+    with open(path, "w", encoding="utf-8") as f:
+        for o in out:
+            f.write(json.dumps(o, ensure_ascii=False) + "\n")
+    print(len(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else OUT)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import elchat.evaluation as ev
+from elchat.evaluation import stage as ev
 
 AM = ["ሰላም ለዓለም። እንዴት ነህ?", "ውሃ ለሕይወት አስፈላጊ ነው።", "ቤቱ ትልቅ ነው።", "ዛሬ ቀኑ ጥሩ ነው።", "መጽሐፍ አነባለሁ።"]
 EN = ["The weather is nice today.", "Open the file and read it.", "A small house by the sea."]
@@ -84,3 +84,59 @@ def test_cli(tiny_pair, tiny_data, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert main(["eval", "--model", str(tiny_pair["chat"]), "--lang", "am", "--tasks", "nope",
                  "--out", str(out)]) == 2
+
+
+def test_check_stage_params_names_the_bad_parameter():
+    assert ev.check_stage_params("bpc", ["bpc", "ifeval"], 0, 2, 4, 8, "am") == (["bpc"], ["bpc", "ifeval"])
+    for args, name in [((["bpc"], ["rouge"], 0, 0, 1, 1), "sweep_tasks"), ((["bpc"], ["bpc"], -1, 0, 1, 1), "limit"),
+                       ((["bpc"], ["bpc"], 0, 1.5, 1, 1), "sweep_limit"),
+                       ((["bpc"], ["bpc"], 0, 0, 0, 1), "eval_batch_size"),
+                       ((["bpc"], ["bpc"], 0, 0, 1, True), "max_new_tokens")]:
+        with pytest.raises(ValueError, match=f"parameter {name}="):
+            ev.check_stage_params(*args, "am")
+
+
+def test_check_stage_params_text_file_has_no_pair_tasks(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("one document\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="parameter tasks=.*need a shipped language"):
+        ev.check_stage_params(["bpc", "mt"], ["bpc"], 0, 0, 1, 1, str(f))
+
+
+def test_evaluate_models_writes_the_stage_outputs(tiny_pair, tiny_data, tmp_path):
+    import pandas as pd
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from elchat.evaluation.bpc import bits_per_char
+
+    models = {"Chat": tiny_pair["chat"], "ElChat w/o copy": tiny_pair["base"]}
+    out = tmp_path / "04_eval"
+    rows = ev.evaluate_models(models, {0.5: tiny_pair["chat"]}, "am", out, tasks=["bpc", "speed"],
+                              sweep_tasks=["bpc"], limit=2, sweep_limit=0, eval_batch_size=2,
+                              device="cpu", max_new_tokens=2)
+    assert list(rows.columns) == results_columns() + ["group", "t"]
+    assert sorted((out / "results").iterdir()) == [out / "results" / n for n in
+                                                    ("Chat.csv", "Chat.json", "ElChat_w-o_copy.csv",
+                                                     "ElChat_w-o_copy.json", "t=0.50.csv", "t=0.50.json")]
+    on_disk = pd.read_csv(out / "results.csv")
+    assert list(on_disk.columns) == list(rows.columns) and len(on_disk) == len(rows)
+    sweep = rows[rows["group"] == "sweep"]
+    assert set(sweep["model"]) == {"t=0.50"} and set(sweep["t"]) == {0.5} and set(sweep["task"]) == {"bpc"}
+    assert rows[rows["group"] == "model"]["t"].isna().all()
+    value = lambda model, task, metric: rows[(rows["model"] == model) & (rows["task"] == task)  # noqa: E731
+                                             & (rows["metric"] == metric)]["value"].item()
+    # bpc against a direct computation; sweep_limit 0 scores every text
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair["chat"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_pair["chat"])
+    assert value("Chat", "bpc", "bpc") == pytest.approx(bits_per_char(model, tok, AM[:2])["bpc"], rel=1e-6)
+    assert value("t=0.50", "bpc", "bpc") == pytest.approx(bits_per_char(model, tok, AM)["bpc"], rel=1e-6)
+    # speed is relative to Chat for every other model, and Chat itself has no reference
+    assert value("ElChat w/o copy", "speed", "tokens_per_char_ratio") == pytest.approx(1.0)
+    assert not ((rows["model"] == "Chat") & (rows["metric"] == "speedup")).any()
+    with pytest.raises(FileNotFoundError, match="no model to evaluate"):
+        ev.evaluate_models({}, {}, "am", out)
+
+
+def results_columns():
+    from elchat.evaluation.results import CSV_COLUMNS
+    return list(CSV_COLUMNS)

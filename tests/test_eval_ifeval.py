@@ -85,3 +85,12 @@ def test_shipped_prompts():
         assert len(p["instruction_id_list"]) == len(p["kwargs"]) >= 1
         assert set(p["instruction_id_list"]) <= set(ifeval.CHECKERS)
     assert load_prompts() == prompts  # deterministic
+
+
+def test_word_and_sentence_counters():
+    from elchat import instructions
+    assert ifeval.count_words("Hi there, you. It's 3 o'clock") == 8  # It, s, o, clock
+    assert ifeval.count_sentences("One. Two!  Three? four") == 4 and ifeval.count_sentences(" ... ") == 0
+    # the instruction data is built with the very counters the checkers use
+    assert instructions.count_words is ifeval.count_words
+    assert instructions.count_sentences is ifeval.count_sentences

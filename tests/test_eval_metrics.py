@@ -6,9 +6,10 @@ import pytest
 import sacrebleu
 import torch
 
-from elchat.evaluation import chat_format, mc, mt, results, safety
+from elchat.evaluation import chat_format, mc, mt, results, safety, speed
 from elchat.evaluation.generate import loglikelihoods
 from elchat.evaluation.bpc import prefix_token_id
+from elchat.scripts import script_share
 
 
 def test_chrf_equals_sacrebleu():
@@ -90,8 +91,12 @@ def test_chat_format_checks():
     assert chat_format.checks(leak, "en", special) == {"ended_turn": False, "no_leak": False, "right_language": True}
     role = {"text": "Sure.\nUser: and now?", "raw": "Sure.\nUser: and now?", "ended": True}
     assert chat_format.checks(role, "am", special) == {"ended_turn": True, "no_leak": False, "right_language": False}
-    assert chat_format.script_share("ሰላም ok", "am") == pytest.approx(3 / 5)
-    assert chat_format.script_share("Привет", "ru") == 1.0 and chat_format.script_share("123", "en") == 0.0
+    assert script_share("ሰላም ok", "am") == pytest.approx(3 / 5)
+    assert script_share("Привет", "ru") == 1.0 and script_share("123", "en") == 0.0
+    # one script table for the kit: Cyrillic includes the Cyrillic Supplement (U+0500-052F)
+    assert script_share("\u0501\u0511 ok", "ru") == pytest.approx(2 / 4)
+    ext = {"text": "\u0501\u0511\u0513", "raw": "\u0501\u0511\u0513", "ended": True}
+    assert chat_format.checks(ext, "ru", special)["right_language"] is True
     reqs = chat_format.requests("am", "Amharic")
     assert [c for _, c in reqs[:4]] == ["am", "en", "am", "en"] and "Amharic" in reqs[0][0]
 
@@ -135,3 +140,40 @@ def test_fixed_length_generation_decodes_text_at_every_step(tiny_pair):
     ids = tok(fixed["raw"], add_special_tokens=False)["input_ids"]
     assert not set(ids) & set(tok.all_special_ids)
     assert len(fixed["text"]) > 0 and fixed["new_tokens"] == 6
+
+
+def test_token_char_counts_per_text(chat_model):
+    _, tok = chat_model
+    texts = ["ሰላም ለዓለም", "", "The quick brown fox"]
+    counts = speed.token_char_counts(tok, texts)
+    assert counts == [(len(tok.encode(t, add_special_tokens=False)), len(t)) for t in texts if t]
+    total_tokens = sum(len(tok.encode(t, add_special_tokens=False)) for t in texts)
+    assert results.ratio(counts) == pytest.approx(total_tokens / sum(map(len, texts)))
+
+
+def test_stage_figures_from_tidy_rows(tmp_path):
+    import pandas as pd
+
+    from elchat import report
+    from elchat.evaluation import figures
+
+    rows = []
+    for group, model, t, bpc, strict in [("model", "Chat", None, 2.0, 0.5), ("model", "ElChat", None, 1.5, 0.4),
+                                         ("sweep", "t=0.00", 0.0, 1.4, 0.2), ("sweep", "t=1.00", 1.0, 2.0, 0.5)]:
+        for task, metric, value, ci in [("bpc", "bpc", bpc, (bpc - 0.1, bpc + 0.1)),
+                                        ("ifeval", "prompt_strict", strict, (None, None)),
+                                        ("speed", "chars_per_s", 99.0, (None, None))]:
+            rows.append({"model": model, "lang": "am", "task": task, "metric": metric, "value": value,
+                         "n": 4, "ci_low": ci[0], "ci_high": ci[1], "group": group, "t": t})
+    results = pd.DataFrame(rows)
+    figs = figures.write_figures(results, tmp_path, "micro · am")
+    assert set(figs) == {"results_bars", "sweep_tradeoff"}
+    assert {p.name for p in tmp_path.iterdir()} == {"results_bars.png", "sweep_tradeoff.png"}
+    bars = figs["results_bars"]
+    panels = [ax for ax in bars.axes if ax.get_title()]
+    heads = report.headers(results)
+    # one panel per reported column present (chars_per_s is not reported), in METRICS order
+    assert [ax.get_title() for ax in panels] == [heads["target BPC"], heads["IFEval strict"]]
+    assert [p.get_height() for p in panels[0].patches] == [2.0, 1.5]   # the main models only
+    assert figures.fig_scores(results[results["task"] == "speed"]) is None
+    assert set(figures.write_figures(results[results["group"] == "model"], tmp_path / "m")) == {"results_bars"}

@@ -18,10 +18,19 @@ Texts longer than `max_length` tokens are scored with the standard sliding windo
 perplexity recipe): windows of `max_length` tokens start every `stride` tokens and only the tokens
 not scored by an earlier window are scored, each with at least `max_length - stride` tokens of
 context. Windows of all texts are batched (sorted by length, right-padded) under `torch.no_grad`.
+
+As a stage-04 task (`run`), texts are scored one by one and the interval resamples texts: each
+resample's BPC is its summed bits over its summed characters.
 """
 from __future__ import annotations
 
 import math
+
+import torch
+from tqdm.auto import tqdm
+
+from ..packing import document_separator
+from .results import bootstrap_ci, metric, ratio
 
 
 def prefix_token_id(tokenizer, add_bos: bool | None = None) -> int | None:
@@ -35,8 +44,6 @@ def prefix_token_id(tokenizer, add_bos: bool | None = None) -> int | None:
         add_bos = bos is not None and len(ids) > 0 and ids[0] == bos
     if add_bos and bos is not None:
         return bos
-    from ..packing import document_separator
-
     try:
         return document_separator(tokenizer)
     except ValueError:  # neither a document token nor EOS
@@ -66,9 +73,6 @@ def score_windows(model, windows, batch_size: int = 8, pad_id: int = 0, desc: st
     Returns a list of floats in the order of `windows`. Example:
     `score_windows(model, [([5, 6, 7], 2)])` -> `[-log p(6|5) - log p(7|5,6)]`.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
     out = [0.0] * len(windows)
@@ -134,3 +138,22 @@ def bits_per_char(model, tokenizer, texts, max_length: int = 512, stride: int | 
     if chars == 0:
         raise ValueError("bits_per_char: no characters to score (all texts empty)")
     return {"bpc": nll / math.log(2) / chars, "nll_nats": nll, "chars": chars, "tokens": tokens}
+
+
+def run(ctx, texts, en_texts=None) -> dict:
+    """The `bpc` task: `bpc` on target `texts` and `bpc_en` on `en_texts` (when given), each with
+    a bootstrap interval over texts (the ratio of summed bits to summed characters per resample).
+
+    Example: `run(ctx, load_texts("am", "test"), load_texts("en", "test"))["bpc"]["value"]`.
+    """
+    out = {}
+    for name, group in [("bpc", texts), ("bpc_en", en_texts)]:
+        if group is None:
+            continue
+        stats = text_nlls(ctx.model, ctx.tokenizer, ctx.take([t for t in group if t]),
+                          batch_size=ctx.batch_size)
+        items = [(nll / math.log(2), chars) for nll, chars, _ in stats if chars]
+        if not items:
+            raise ValueError(f"bpc: no text to score for {name}")
+        out[name] = metric(ratio(items), len(items), bootstrap_ci(items, ratio, 200, ctx.seed))
+    return out

@@ -13,6 +13,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, StoppingCriteriaList
+
+from .. import models
+from ..presets import PRESETS
+from .bpc import prefix_token_id, score_windows
+
 # Tokens that end a turn or a document in the families the kit supports (ChatML, Llama-3, GPT-2).
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 
@@ -28,9 +36,7 @@ def resolve_model(model) -> Path | str:
             raise FileNotFoundError(f"model directory {path} has no config.json (not a Hugging Face "
                                     "model directory)")
         return path
-    from ..presets import PRESETS
     if str(model) in PRESETS:
-        from .. import models
         return models.fetch(str(model))["chat"]
     raise FileNotFoundError(f"model {model!r} not found: not a model directory (with config.json) "
                             f"nor a preset ({', '.join(PRESETS)})")
@@ -41,10 +47,8 @@ def load(model, device: str = "auto"):
 
     Example: `model, tok = load("runs/micro/am/03_merge/elchat")`.
     """
-    from ..models import load_model, load_tokenizer
-
     path = resolve_model(model)
-    mdl, tok = load_model(path, device=device), load_tokenizer(path)
+    mdl, tok = models.load_model(path, device=device), models.load_tokenizer(path)
     mdl.eval()
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -67,10 +71,11 @@ def build_prompt(tokenizer, user: str, chat: bool, plain: str | None = None) -> 
     return plain if plain is not None else user
 
 
-def stop_token_ids(tokenizer) -> list[int]:
+def stop_token_ids(tokenizer, tokens: tuple[str, ...] | None = None) -> list[int]:
+    """Ids of `tokens` in the vocabulary; by default STOP_TOKENS and the tokenizer's EOS."""
     vocab = tokenizer.get_vocab()
-    ids = {vocab[t] for t in STOP_TOKENS if t in vocab}
-    if tokenizer.eos_token_id is not None:
+    ids = {vocab[t] for t in (STOP_TOKENS if tokens is None else tokens) if t in vocab}
+    if tokens is None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
 
@@ -96,30 +101,26 @@ class _TokenSetStop:
     """Stopping criterion: a row is done once its last token is in `ids` (per-row, batched)."""
 
     def __init__(self, ids):
-        import torch
         self.ids = torch.tensor(sorted(ids), dtype=torch.long)
 
     def __call__(self, input_ids, scores, **kwargs):
-        import torch
         return torch.isin(input_ids[:, -1], self.ids.to(input_ids.device))
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-             stop_at_newline: bool = False, ignore_stop: bool = False, desc: str = "generate"):
+             stop_at_newline: bool = False, ignore_stop: bool = False, desc: str = "generate",
+             stop_tokens: tuple[str, ...] | None = None):
     """Greedy continuations of `prompts`, batched with left padding.
 
     Returns one dict per prompt: `text` (special tokens removed, stripped), `raw` (decoded with
     special tokens), `ended` (a stop token, or a newline when asked, came before the limit),
-    `new_tokens`, `seconds` (the batch's wall time shared equally). Chat prompts already hold their
+    `new_tokens`, `seconds` (the batch's wall time shared equally). `stop_tokens` replaces the
+    default stop set (STOP_TOKENS and EOS). Chat prompts already hold their
     special tokens, so nothing is added; plain prompts get BOS when the tokenizer adds one.
     Example: `generate(model, tok, ["Hello"], max_new_tokens=8)[0]["text"]`.
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import GenerationConfig
-
     tokenizer.padding_side = "left"
-    stops = stop_token_ids(tokenizer)
+    stops = stop_token_ids(tokenizer, stop_tokens)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=None if ignore_stop else stops,
@@ -130,7 +131,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
                               )
     criteria = None
     if stop_at_newline and not ignore_stop:
-        from transformers import StoppingCriteriaList
         criteria = StoppingCriteriaList([_TokenSetStop(newline_token_ids(tokenizer))])
     device = next(model.parameters()).device
     out = []
@@ -166,8 +166,6 @@ def loglikelihoods(model, tokenizer, contexts: list[str], continuations: list[st
     exactly its own); contexts are cut from the left to fit `max_length`.
     Example: `loglikelihoods(model, tok, ["2+2="], ["4"])` -> `[-0.7]`.
     """
-    from .bpc import prefix_token_id, score_windows
-
     prefix = prefix_token_id(tokenizer)
     windows = []
     for ctx, cont in zip(contexts, continuations, strict=True):

@@ -23,11 +23,13 @@ from importlib import resources
 from .results import mean_metric
 
 
-def _count_words(text):
+def count_words(text: str) -> int:
+    """Words as `\\w+` runs. Example: `count_words("Hi there, you.") == 3`."""
     return len(re.findall(r"\w+", text))
 
 
-def _count_sentences(text):
+def count_sentences(text: str) -> int:
+    """Sentences split after `.`, `!` or `?`. Example: `count_sentences("Hi. Go! Ok?") == 3`."""
     return len([s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if re.search(r"\w", s)])
 
 
@@ -80,9 +82,9 @@ def _bullets(text, num_bullets):
 # instruction id -> checker(response, **kwargs) -> bool; the ids follow IFEval's naming.
 CHECKERS = {
     "length_constraints:number_words":
-        lambda r, relation, num_words: _compare(_count_words(r), relation, num_words),
+        lambda r, relation, num_words: _compare(count_words(r), relation, num_words),
     "length_constraints:number_sentences":
-        lambda r, relation, num_sentences: _compare(_count_sentences(r), relation, num_sentences),
+        lambda r, relation, num_sentences: _compare(count_sentences(r), relation, num_sentences),
     "length_constraints:number_paragraphs": lambda r, num_paragraphs: _paragraphs(r, num_paragraphs),
     "keywords:existence":
         lambda r, keywords: all(re.search(re.escape(k), r, flags=re.IGNORECASE) for k in keywords),

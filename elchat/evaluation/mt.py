@@ -8,6 +8,8 @@ turn or at the first newline. The 95% interval resamples sentences and recompute
 """
 from __future__ import annotations
 
+import sacrebleu
+
 from .results import bootstrap_ci, metric
 
 N_BOOT = 200  # corpus chrF is recomputed per resample: 200 keeps it well under a second
@@ -15,7 +17,6 @@ N_BOOT = 200  # corpus chrF is recomputed per resample: 200 keeps it well under 
 
 def chrf(hypotheses: list[str], references: list[str]) -> float:
     """Corpus chrF (0-100). Example: `chrf(["selam alem"], ["selam alem"]) == 100.0`."""
-    import sacrebleu
     return sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score
 
 
@@ -26,6 +27,7 @@ def translation_prompt(ctx, text: str, src: str, tgt: str) -> str:
 
 
 def translate(ctx, sources: list[str], src: str, tgt: str, desc: str) -> list[str]:
+    """Greedy translations of `sources`, each cut at the end of the turn or its first newline."""
     prompts = [translation_prompt(ctx, s, src, tgt) for s in sources]
     return [r["text"] for r in ctx.generate(prompts, stop_at_newline=True, desc=desc)]
 

@@ -16,6 +16,10 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
+from ..atomic import atomic_write_json, atomic_write_text
+
 CSV_COLUMNS = ["model", "lang", "task", "metric", "value", "n", "ci_low", "ci_high"]
 
 
@@ -31,8 +35,6 @@ def bootstrap_ci(items, statistic=None, n_boot: int = 1000, seed: int = 0, alpha
     `items` is a list (of numbers, or of tuples the statistic understands). Example:
     `bootstrap_ci([1, 0, 1, 1])` -> `[0.25, 1.0]`-ish; `bootstrap_ci([(2, 4), (1, 4)], ratio)`.
     """
-    import numpy as np
-
     if len(items) == 0:
         return None
     rng = np.random.default_rng(seed)
@@ -87,8 +89,6 @@ def save_results(results: dict, path) -> Path:
 
     Example: `save_results(r, "runs/micro/am/04_eval/results/ElChat.json")` also writes `ElChat.csv`.
     """
-    from ..atomic import atomic_write_json, atomic_write_text
-
     path = Path(path)
     if path.suffix != ".json":
         raise ValueError(f"save_results: expected a .json path, got {path}")

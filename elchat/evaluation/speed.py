@@ -11,22 +11,23 @@ Wall-clock throughput has no item-level interval (`ci95` null) and depends on ma
 """
 from __future__ import annotations
 
+from .generate import generate, load
 from .results import bootstrap_ci, metric, ratio
 
 PROMPT_CHARS = 100  # the continuation prompt: the first 100 characters of a target text
 _REFERENCE_CACHE: dict = {}
 
 
-def tokens_per_char(tokenizer, texts) -> tuple[float, list[tuple[int, int]]]:
-    """(tokens / characters, per-text (tokens, chars)). Example: `tokens_per_char(tok, ["ab"])[0]`."""
-    items = [(len(tokenizer(t, add_special_tokens=False)["input_ids"]), len(t)) for t in texts if t]
-    return ratio(items), items
+def token_char_counts(tokenizer, texts) -> list[tuple[int, int]]:
+    """Per non-empty text: (tokens, characters); `ratio` of them is tokens per character.
+
+    Example: `ratio(token_char_counts(tok, ["ab"]))` -> tokens per character of "ab".
+    """
+    return [(len(tokenizer(t, add_special_tokens=False)["input_ids"]), len(t)) for t in texts if t]
 
 
 def throughput(model, tokenizer, texts, max_new_tokens: int, batch_size: int) -> tuple[float, int]:
     """(characters per second, prompts used) for greedy decoding of `max_new_tokens` tokens."""
-    from .generate import generate
-
     prompts = [t[:PROMPT_CHARS] for t in texts if t][:batch_size]
     generate(model, tokenizer, prompts[:1], max_new_tokens=2, batch_size=1, ignore_stop=True,
              desc="speed warm-up")
@@ -37,13 +38,15 @@ def throughput(model, tokenizer, texts, max_new_tokens: int, batch_size: int) ->
 
 
 def measure(model, tokenizer, texts, max_new_tokens, batch_size, seed=0) -> dict:
-    tpc, items = tokens_per_char(tokenizer, texts)
+    """`tokens_per_char` (with its bootstrap interval) and `chars_per_s` of one model."""
+    items = token_char_counts(tokenizer, texts)
     cps, n = throughput(model, tokenizer, texts, max_new_tokens, batch_size)
-    return {"tokens_per_char": metric(tpc, len(items), bootstrap_ci(items, ratio, 200, seed)),
+    return {"tokens_per_char": metric(ratio(items), len(items), bootstrap_ci(items, ratio, 200, seed)),
             "chars_per_s": metric(cps, n)}
 
 
 def run(ctx, texts) -> dict:
+    """Speed of `ctx.model` on target `texts`, relative to `ctx.reference` when one is set."""
     texts = ctx.take([t for t in texts if t])
     if not texts:
         raise ValueError("speed: no target text to measure on")
@@ -51,7 +54,6 @@ def run(ctx, texts) -> dict:
     if ctx.reference is not None:
         key = (str(ctx.reference), tuple(texts), ctx.max_new_tokens, ctx.batch_size)
         if key not in _REFERENCE_CACHE:  # the reference is measured once per process and setting
-            from .generate import load
             ref_model, ref_tok = load(ctx.reference, ctx.device)
             _REFERENCE_CACHE[key] = measure(ref_model, ref_tok, texts, ctx.max_new_tokens,
                                             ctx.batch_size, ctx.seed)
