@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cpt, data, evaluation, lep, merge, models, report, runner, vocab
+from . import cpt, data, lep, merge, models, report, runner, vocab
+from .evaluation import stage as evaluation_stage
 from .errors import UserError
 
 # Each module's register_cli adds its sub-command, in this order in `elchat --help`.
@@ -20,7 +21,7 @@ _COMMANDS = [
     lep,         # elchat lep
     cpt,         # elchat cpt
     merge,       # elchat merge slerp|chat-vector|elchat
-    evaluation,  # elchat eval
+    evaluation_stage,  # elchat eval
     runner,      # elchat run
     report,      # elchat report
 ]

@@ -8,6 +8,10 @@ ElChat (Yamaguchi, Morishita, Villavicencio & Aletras, 2025, arXiv 2412.11704):
   C with weight `t`, the **weight of C**: t = 0 keeps A, t = 1 gives C. The published `ELCHAT_T`
   is 0.3, 0.5, 0.5, 0.3 for layers 0, 1, -2, -1.
 
+Vocabulary expansion initializes each new token's embedding row by one of `INIT_METHODS`
+(`elchat.embeddings`): the mean of its source sub-token rows (ElChat's default), the mean of the two
+pieces its merge joins, random, or LEP's weighted mean.
+
 Chat Vector (Huang et al., 2024): adapted base + r * (chat - base), r = `CV_RATIO`.
 
 LEP (Tikhomirov & Chernyshev, 2024): embeddings learned on the base model are propagated into the
@@ -24,6 +28,8 @@ CV_RATIO = 1.0                        # Chat Vector: adapted base + ratio * (cha
 CPT_STRATEGIES = ("2x2ls", "embeddings", "full", "lora")
 CPT_LR = {"embeddings": 1e-4}         # peak learning rates; every other strategy: CPT_DEFAULT_LR
 CPT_DEFAULT_LR = 5e-5                 # ElChat's CPT learning rate
+
+INIT_METHODS = ("mean", "merge", "random", "wmean")  # new-row initializations (elchat.embeddings)
 
 LEP_MODES = ("swap", "overlap", "conversion")
 LEP_DEFAULT_MODE = "conversion"

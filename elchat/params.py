@@ -3,11 +3,12 @@
 Each stage notebook's parameters cell holds plain `name: type = value  # help` lines; its next
 cell calls `check_common(...)` so a bad value fails at once, naming the parameter, before any work.
 
-Where a value comes from, lowest to highest precedence (the runner merges them, `merge_layers`):
+Where a value comes from, lowest to highest precedence (`runner.stage_parameters` merges them):
 `notebooks/params/defaults.yaml` (the ONE place for the default preset(s) and language) ->
 `notebooks/params/<preset>.yaml` -> `notebooks/params/<lang>.yaml` -> a `--params` file -> `-p
-name=value`. A YAML file holds `name: value` for every stage plus optional `"NN": {name: value}`
-sections that only stage NN sees (stages 02 and 04 both have a `batch_size`).
+name=value`. A YAML file holds `name: value` for every stage; an optional `"NN": {name: value}`
+section holds values that only stage NN sees (a name means one thing in every stage, so
+the shipped files need none). Run directories are laid out by `elchat.runs`.
 
 YAML traps, handled here rather than left to each notebook: PyYAML implements YAML 1.1, which
 reads `no`/`yes`/`on`/`off` as booleans (Norwegian's code `no` would become False) and `1e-4` as a
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import yaml
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-PARAMS_DIR = NOTEBOOKS_DIR / "params"
-DEFAULTS_FILE = PARAMS_DIR / "defaults.yaml"
+from . import runs
+from .data import LANGUAGES
+from .method import INIT_METHODS
+from .paths import DEFAULTS_FILE
+from .presets import PRESETS
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -197,15 +200,6 @@ def coerce(name: str, value, type_name: str | None, default: str | None = None,
     return value
 
 
-def run_dir(runs_root: str | os.PathLike, preset: str, lang: str) -> Path:
-    """Where one preset/language's stage outputs live.
-
-    Example: `run_dir("runs", "micro", "am") == Path("runs/micro/am")`.
-    """
-    safe_preset = str(preset).strip("/").replace("/", "__")
-    return Path(runs_root) / safe_preset / Path(str(lang)).stem
-
-
 def check_common(preset: str, lang: str, runs_root: str = "runs", seed: int = 0,
                  device: str = "auto") -> Path:
     """Validate the parameters every stage shares and return the run directory.
@@ -213,8 +207,6 @@ def check_common(preset: str, lang: str, runs_root: str = "runs", seed: int = 0,
     Example: `check_common("micro", "am")` -> `Path("runs/micro/am")`; `lang="xx"` raises
     ValueError naming the available languages.
     """
-    from .presets import PRESETS
-
     if preset not in PRESETS and not Path(preset).is_dir() and preset.count("/") != 1:
         raise ValueError(f"parameter preset={preset!r}: not a preset ({', '.join(PRESETS)}), "
                          "a local model directory, or a hub id (owner/name)")
@@ -222,9 +214,33 @@ def check_common(preset: str, lang: str, runs_root: str = "runs", seed: int = 0,
         raise ValueError(f"parameter seed={seed!r}: expected a non-negative integer")
     if not isinstance(device, str) or not (device in ("auto", "cpu", "mps") or device.startswith("cuda")):
         raise ValueError(f"parameter device={device!r}: expected auto, cpu, mps, cuda or cuda:N")
-    from .data import LANGUAGES
-
     if lang not in LANGUAGES and not Path(lang).is_file():
         raise ValueError(f"parameter lang={lang!r}: not a shipped language "
                          f"({', '.join(LANGUAGES)}) nor a UTF-8 text file")
-    return run_dir(runs_root, preset, lang)
+    return runs.run_dir(runs_root, preset, lang)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_vocab_params(num_new_tokens, init_method, compare_sizes, compare_methods, eval_chars) -> None:
+    """Validate notebook 01's own parameters; a bad value raises ValueError naming the parameter.
+
+    Example: `check_vocab_params(5000, "mean", [1000, 5000], ["mean", "merge"], 2000)`.
+    """
+    if not _positive_int(num_new_tokens):
+        raise ValueError(f"parameter num_new_tokens={num_new_tokens!r}: expected a positive integer")
+    if init_method not in INIT_METHODS:
+        raise ValueError(f"parameter init_method={init_method!r}: choose one of "
+                         f"{', '.join(INIT_METHODS)}")
+    if not isinstance(compare_sizes, (list, tuple)) or not all(map(_positive_int, compare_sizes)):
+        raise ValueError(f"parameter compare_sizes={compare_sizes!r}: expected a list of positive integers")
+    if not isinstance(compare_methods, (list, tuple)):
+        raise ValueError(f"parameter compare_methods={compare_methods!r}: expected a list such as "
+                         f"[{', '.join(INIT_METHODS)}]")
+    bad = [m for m in compare_methods if m not in INIT_METHODS]
+    if bad:
+        raise ValueError(f"parameter compare_methods: unknown {bad}; choose from {', '.join(INIT_METHODS)}")
+    if not _positive_int(eval_chars):
+        raise ValueError(f"parameter eval_chars={eval_chars!r}: expected a positive integer")

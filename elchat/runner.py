@@ -7,7 +7,9 @@ For every preset, for every language, stages 00-04 run in order into `runs/<pres
 NN_name.ipynb` (kernel `python3`); then stage 05 (the report) runs once per preset across the
 languages into `runs/<preset>/05_report.ipynb`. Each notebook gets only the parameters its
 `parameters` cell declares (`papermill.inspect_notebook`), merged from the layers in
-`elchat.params` and converted to the declared types.
+`elchat.params` and converted to the declared types. `run` is a short recipe: find the notebooks
+(a stage asked for without one is an error), build the parameter layers, plan every execution with
+its validated parameters (nothing runs before all are valid), then run or skip each stage.
 
 Skipping: after a stage succeeds the runner writes `.stages/NN.json`, a manifest holding
     key = sha256(parameters, sha256(notebook file), sha256 of every earlier stage's manifest)
@@ -21,14 +23,17 @@ command exits 1 listing the failures.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from . import params as P
+from . import paths, runs
 from .atomic import atomic_write_json
 
 KERNEL = "python3"
@@ -77,6 +82,7 @@ def check_kernel(name: str = KERNEL) -> None:
 
     Example: `check_kernel()` returns None after `make setup`.
     """
+    # Jupyter and papermill load slowly and only running notebooks needs them: imported on use.
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
@@ -94,9 +100,7 @@ def declared_parameters(notebook) -> dict:
     such as `int | None`; such names are recovered from the cell with `ast` so the runner still
     passes them (tests/test_notebooks.py asks the notebook's author to fix the line).
     """
-    import ast
-
-    import nbformat
+    import nbformat  # heavy: see check_kernel
     import papermill
 
     declared = dict(papermill.inspect_notebook(str(notebook)))
@@ -194,6 +198,7 @@ def _is_current(manifest: Path, key: str, where: Path, out_nb: Path) -> bool:
 
 def _execute(nb: Path, out_nb: Path, parameters: dict, progress: bool) -> str | None:
     """Run one notebook; None on success, else 'cell N (Name: message)'."""
+    import nbformat  # heavy: see check_kernel
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -204,7 +209,6 @@ def _execute(nb: Path, out_nb: Path, parameters: dict, progress: bool) -> str | 
     except PapermillExecutionError as e:
         index, first = e.cell_index, ""
         try:  # papermill adds error banner cells: find the failed cell in the kept notebook
-            import nbformat
             cells = nbformat.read(out_nb, as_version=4).cells
             index = next(i for i, c in enumerate(cells)
                          if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
@@ -219,121 +223,182 @@ def _execute(nb: Path, out_nb: Path, parameters: dict, progress: bool) -> str | 
     return None
 
 
+class Stage(NamedTuple):
+    """One notebook execution of the plan: for a language, or (lang None) the preset's report."""
+    preset: str
+    lang: str | None
+    stage: str
+    notebook: Path
+    parameters: dict
+
+
 def run(presets=None, langs=None, stages="00-05", params_file=None, overrides=None,
         force=False, runs_root="runs", notebooks_dir=None, params_dir=None,
         progress=True, log=print) -> dict:
-    """Run the study; returns {"records": [...], "failures": [...], "missing": [...]}.
+    """Run the study; returns {"records": [...], "failures": [...]}.
 
     Example: `run(["micro"], ["am"], stages="00-02", overrides=["max_steps=5"])`.
     """
-    nb_dir = Path(notebooks_dir) if notebooks_dir else P.NOTEBOOKS_DIR
+    nb_dir = Path(notebooks_dir) if notebooks_dir else paths.NOTEBOOKS_DIR
     prm_dir = Path(params_dir) if params_dir else nb_dir / "params"
     defaults = P.load_yaml(prm_dir / "defaults.yaml") if (prm_dir / "defaults.yaml").is_file() else {}
+    presets, langs = _targets(presets, langs, defaults, prm_dir)
+    root = Path(runs_root).resolve()
+    # Everything that can be wrong is checked before the first notebook runs.
+    for preset in presets:
+        for lang in langs:
+            P.check_common(preset, lang, str(root))
+    wanted = parse_stages(stages)
+    values = parse_overrides(overrides)
+    notebooks = _find_notebooks(nb_dir, wanted)
+    declared = {s: declared_parameters(nb) for s, nb in notebooks.items()}
+    extra = _extra_layers(params_file, values, declared)
+    check_kernel()
+    layers = _ParameterLayers(defaults, prm_dir, extra)
+    plan = _plan(presets, langs, {s: notebooks[s] for s in wanted}, declared, layers, root)
+
+    records, stopped = [], set()
+    for step in plan:
+        if (step.preset, step.lang) in stopped:
+            records.append(_record(step, status="not run", message="an earlier stage failed"))
+            continue
+        records.append(_run_stage(step, root, langs, force, progress, log))
+        if records[-1]["status"] == "FAILED":
+            stopped.add((step.preset, step.lang))
+    log(format_summary(records))
+    return {"records": records, "failures": [r for r in records if r["status"] == "FAILED"]}
+
+
+def _targets(presets, langs, defaults: dict, prm_dir: Path) -> tuple[list, list]:
+    """The presets and languages asked for, else the study defaults (defaults.yaml)."""
     presets = [presets] if isinstance(presets, str) else list(presets or defaults.get("presets") or [])
     langs = [langs] if isinstance(langs, str) else list(langs or defaults.get("langs") or [])
     if not presets or not langs:
         raise ValueError(f"no preset/language given and none in {prm_dir / 'defaults.yaml'}")
-    root = Path(runs_root).resolve()
-    for preset in presets:
-        for lang in langs:
-            P.check_common(preset, lang, str(root))
+    return presets, langs
 
-    # Everything that can be wrong is checked before the first notebook runs.
-    wanted = parse_stages(stages)
+
+def _find_notebooks(nb_dir: Path, wanted: list[str]) -> dict[str, Path]:
+    """stage -> its notebook `NN_*.ipynb` in `nb_dir` (one each); every stage asked for has one.
+
+    All are returned: a `-p NN.name=value` may name a stage this run does not execute.
+    """
     found = {}
-    for p in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")):
-        if p.name[:2] in found:
-            raise ValueError(f"two notebooks for stage {p.name[:2]}: {found[p.name[:2]].name} and "
-                             f"{p.name}; keep one per stage in {nb_dir}")
-        found[p.name[:2]] = p
+    for path in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")):
+        if path.name[:2] in found:
+            raise ValueError(f"two notebooks for stage {path.name[:2]}: {found[path.name[:2]].name} "
+                             f"and {path.name}; keep one per stage in {nb_dir}")
+        found[path.name[:2]] = path
     missing = [s for s in wanted if s not in found]
-    for s in missing:
-        log(f"stage {s} not there yet (no notebooks/{s}_*.ipynb); running what exists")
-    declared = {s: declared_parameters(p) for s, p in found.items()}
-    base_layers = [_layer(defaults.get("parameters") or {}, "defaults.yaml")]
-    extra_layers = []
-    if params_file:
-        extra_layers.append(_layer(P.load_yaml(params_file), str(params_file)))
+    if missing:
+        raise ValueError(f"no notebook for stage(s) {', '.join(missing)} in {nb_dir} "
+                         f"(expected {', '.join(f'{s}_*.ipynb' for s in missing)})")
+    return found
+
+
+def _extra_layers(params_file, values, declared: dict) -> list:
+    """The layers above the preset/language files: a `--params` file, then `-p` values."""
+    extra = [_layer(P.load_yaml(params_file), str(params_file))] if params_file else []
     cli = {}
-    for stage, name, raw in parse_overrides(overrides):
+    for stage, name, raw in values:
         if not any(name in d for s, d in declared.items() if stage in (None, s)):
             where = f"stage {stage}" if stage else "any stage notebook"
-            msg = f"-p {name}: no parameter of that name in {where}"
-            if missing:
-                log(f"warning: {msg} (stages {', '.join(missing)} not there yet)")
-            else:
-                raise ValueError(f"{msg}; known: {', '.join(sorted(set().union(*declared.values())))}")
+            raise ValueError(f"-p {name}: no parameter of that name in {where}; "
+                             f"known: {', '.join(sorted(set().union(*declared.values())))}")
         cli.setdefault(stage, {})[name] = _Raw(raw)
-    extra_layers.append(("-p", cli.pop(None, {}), cli))
-    if any(s in found for s in wanted):
-        check_kernel()
+    return extra + [("-p", cli.pop(None, {}), cli)]
 
-    def layers_for(preset, lang=None):
-        out = list(base_layers)
+
+class _ParameterLayers:
+    """The parameter layers of one preset (and language), lowest precedence first."""
+
+    def __init__(self, defaults: dict, prm_dir: Path, extra: list):
+        self.base = [_layer(defaults.get("parameters") or {}, "defaults.yaml")]
+        self.prm_dir, self.extra = prm_dir, extra
+
+    def __call__(self, preset: str, lang: str | None = None) -> list:
+        out = list(self.base)
         for name in [preset] + ([lang] if lang else []):
-            f = prm_dir / f"{Path(str(name)).name}.yaml"
+            f = self.prm_dir / f"{Path(str(name)).name}.yaml"
             if f.is_file():
                 out.append(_layer(P.load_yaml(f), f.name))
-        return out + extra_layers
+        return out + self.extra
 
-    plan = []  # (preset, lang|None, stage, parameters) — all parameters validated up front
+
+def _plan(presets, langs, notebooks: dict, declared: dict, layers, root: Path) -> list[Stage]:
+    """Every execution in order, its parameters already merged and validated."""
+    plan = []
     for preset in presets:
         for lang in langs:
-            for s in (s for s in wanted if s != REPORT_STAGE and s in found):
+            for s in (s for s in notebooks if s != REPORT_STAGE):
                 fixed = {"preset": preset, "lang": lang, "runs_root": str(root)}
-                plan.append((preset, lang, s, stage_parameters(declared[s], layers_for(preset, lang), s, fixed)))
-        if REPORT_STAGE in wanted and REPORT_STAGE in found:
+                plan.append(Stage(preset, lang, s, notebooks[s],
+                                  stage_parameters(declared[s], layers(preset, lang), s, fixed)))
+        if REPORT_STAGE in notebooks:
             fixed = {"preset": preset, "langs": langs, "runs_root": str(root)}
-            plan.append((preset, None, REPORT_STAGE, stage_parameters(declared[REPORT_STAGE], layers_for(preset), REPORT_STAGE, fixed)))
-
-    records, stopped = [], set()
-    for preset, lang, s, parameters in plan:
-        nb = found[s]
-        where = P.run_dir(root, preset, lang) if lang else P.run_dir(root, preset, "-").parent
-        tag = f"{preset}/{lang or '*'} {nb.stem}"
-        rec = {"preset": preset, "lang": lang or "*", "stage": s, "notebook": nb.stem,
-               "status": "", "wall_s": 0.0, "message": ""}
-        records.append(rec)
-        if (preset, lang) in stopped:
-            rec.update(status="not run", message="an earlier stage failed")
-            continue
-        if lang:
-            upstream = {m: _manifest_hash(where / ".stages" / f"{m}.json") for m in STAGES if m < s}
-        else:
-            upstream = {f"{lg}/{m}": _manifest_hash(P.run_dir(root, preset, lg) / ".stages" / f"{m}.json")
-                        for lg in langs for m in STAGES if m < s}
-        hashed = {k: v for k, v in parameters.items() if k != "runs_root"}  # location, not content
-        key = _sha(json.dumps({"parameters": hashed, "notebook": _sha(nb.read_bytes()),
-                               "upstream": upstream}, sort_keys=True, default=str).encode())
-        manifest = where / ".stages" / f"{s}.json"
-        out_nb = where / nb.name
-        if not force and _is_current(manifest, key, where, out_nb):
-            prev = json.loads(manifest.read_text()).get("wall_s", 0.0)
-            rec.update(status="skipped", message=f"unchanged (ran in {prev:.1f} s; --force re-runs)")
-            log(f"[{tag}] skipped: outputs complete, parameters and inputs unchanged")
-            continue
-        manifest.unlink(missing_ok=True)  # an interrupted run must not look complete later
-        log(f"[{tag}] running -> {out_nb}")
-        t0 = time.perf_counter()
-        error = _execute(nb, out_nb, parameters, progress)
-        rec["wall_s"] = round(time.perf_counter() - t0, 1)
-        if error:
-            rec.update(status="FAILED", message=f"{error}; executed notebook kept at {out_nb}")
-            log(f"[{tag}] FAILED after {rec['wall_s']:.1f} s: {rec['message']}")
-            stopped.add((preset, lang))
-            continue
-        atomic_write_json(manifest, {
-            "stage": s, "notebook": nb.name, "key": key, "parameters": parameters,
-            "notebook_sha256": _sha(nb.read_bytes()), "upstream": upstream,
-            "outputs": _outputs(s, where), "wall_s": rec["wall_s"], "finished_at": time.time()})
-        rec["status"] = "ran"
-        log(f"[{tag}] done in {rec['wall_s']:.1f} s")
-    failures = [r for r in records if r["status"] == "FAILED"]
-    log(format_summary(records, missing))
-    return {"records": records, "failures": failures, "missing": missing}
+            plan.append(Stage(preset, None, REPORT_STAGE, notebooks[REPORT_STAGE],
+                              stage_parameters(declared[REPORT_STAGE], layers(preset), REPORT_STAGE, fixed)))
+    return plan
 
 
-def format_summary(records: list[dict], missing=()) -> str:
+def _stage_home(root: Path, preset: str, lang: str | None) -> Path:
+    """Where a stage's outputs, executed notebook and `.stages/` manifest go."""
+    return runs.run_dir(root, preset, lang) if lang else runs.report_dir(root, preset).parent
+
+
+def _record(step: Stage, status: str = "", message: str = "") -> dict:
+    return {"preset": step.preset, "lang": step.lang or "*", "stage": step.stage,
+            "notebook": step.notebook.stem, "status": status, "wall_s": 0.0, "message": message}
+
+
+def _stage_key(step: Stage, root: Path, langs) -> tuple[str, dict]:
+    """(key, upstream manifests' hashes): the key changes with the parameters, the notebook file
+    or any earlier stage's manifest (of this language; of every language for the report)."""
+    if step.lang:
+        where = _stage_home(root, step.preset, step.lang)
+        upstream = {m: _manifest_hash(where / ".stages" / f"{m}.json") for m in STAGES if m < step.stage}
+    else:
+        upstream = {f"{lg}/{m}": _manifest_hash(runs.run_dir(root, step.preset, lg) / ".stages" / f"{m}.json")
+                    for lg in langs for m in STAGES if m < step.stage}
+    hashed = {k: v for k, v in step.parameters.items() if k != "runs_root"}  # location, not content
+    key = _sha(json.dumps({"parameters": hashed, "notebook": _sha(step.notebook.read_bytes()),
+                           "upstream": upstream}, sort_keys=True, default=str).encode())
+    return key, upstream
+
+
+def _run_stage(step: Stage, root: Path, langs, force: bool, progress: bool, log) -> dict:
+    """Skip the stage when its key and outputs are unchanged, else execute it; its record."""
+    where = _stage_home(root, step.preset, step.lang)
+    tag = f"{step.preset}/{step.lang or '*'} {step.notebook.stem}"
+    rec = _record(step)
+    key, upstream = _stage_key(step, root, langs)
+    manifest = where / ".stages" / f"{step.stage}.json"
+    out_nb = where / step.notebook.name
+    if not force and _is_current(manifest, key, where, out_nb):
+        prev = json.loads(manifest.read_text()).get("wall_s", 0.0)
+        rec.update(status="skipped", message=f"unchanged (ran in {prev:.1f} s; --force re-runs)")
+        log(f"[{tag}] skipped: outputs complete, parameters and inputs unchanged")
+        return rec
+    manifest.unlink(missing_ok=True)  # an interrupted run must not look complete later
+    log(f"[{tag}] running -> {out_nb}")
+    t0 = time.perf_counter()
+    error = _execute(step.notebook, out_nb, step.parameters, progress)
+    rec["wall_s"] = round(time.perf_counter() - t0, 1)
+    if error:
+        rec.update(status="FAILED", message=f"{error}; executed notebook kept at {out_nb}")
+        log(f"[{tag}] FAILED after {rec['wall_s']:.1f} s: {rec['message']}")
+        return rec
+    atomic_write_json(manifest, {
+        "stage": step.stage, "notebook": step.notebook.name, "key": key,
+        "parameters": step.parameters, "notebook_sha256": _sha(step.notebook.read_bytes()),
+        "upstream": upstream, "outputs": _outputs(step.stage, where), "wall_s": rec["wall_s"],
+        "finished_at": time.time()})
+    rec["status"] = "ran"
+    log(f"[{tag}] done in {rec['wall_s']:.1f} s")
+    return rec
+
+
+def format_summary(records: list[dict]) -> str:
     """The final table: one line per preset/language/stage with status and wall time.
 
     Example: `print(format_summary(run(...)["records"]))`.
@@ -345,8 +410,6 @@ def format_summary(records: list[dict], missing=()) -> str:
                      f"{r['wall_s']:>8.1f}  {r['message']}")
     total = sum(r["wall_s"] for r in records)
     lines.append(f"total wall time {total:.1f} s")
-    if missing:
-        lines.append(f"not there yet: stages {', '.join(missing)}")
     failed = [f"{r['preset']}/{r['lang']} {r['notebook']}" for r in records if r["status"] == "FAILED"]
     if failed:
         lines.append("FAILED: " + "; ".join(failed))

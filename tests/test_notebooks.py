@@ -1,18 +1,17 @@
-"""Static checks of every notebook in notebooks/ and of notebooks/params/*.yaml (no execution).
-
-Works with whatever notebooks exist: the stage owners' notebooks are checked as they land.
+"""Static checks of every notebook in notebooks/ and of notebooks/params/*.yaml (no execution),
+including that the notebooks' defaults agree with the single definitions in elchat/method.py.
 """
 import ast
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
 
+from elchat import method, runner
 from elchat import params as P
-from elchat import runner
+from elchat.paths import NOTEBOOKS_DIR, PARAMS_DIR
 
-NOTEBOOKS = sorted(P.NOTEBOOKS_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 STAGE_NOTEBOOKS = [p for p in NOTEBOOKS if re.match(r"0[0-4]_", p.name)]
 EXPECTED = ["00_source_models", "01_vocabulary_expansion", "02_continual_pretraining", "03_merging",
             "04_evaluation", "05_report"]
@@ -38,7 +37,7 @@ def _declared(nb) -> dict:
 
 
 def test_notebooks_exist():
-    assert NOTEBOOKS, "no notebooks in notebooks/"
+    assert [p.stem for p in NOTEBOOKS if p.stem in EXPECTED] == EXPECTED, "a stage notebook is missing"
     unexpected = [p.stem for p in NOTEBOOKS if p.stem not in EXPECTED]
     assert not unexpected, f"notebooks not in the study's stage list: {unexpected}"
 
@@ -80,7 +79,7 @@ def test_stage_common_parameters(path):
 
 
 def test_report_notebook_parameters():
-    path = P.NOTEBOOKS_DIR / "05_report.ipynb"
+    path = NOTEBOOKS_DIR / "05_report.ipynb"
     declared = _declared(nbformat.read(path, as_version=4))
     d = P.defaults()
     assert declared["preset"] == ("str", d["preset"]) and declared["langs"] == ("list", [d["lang"]])
@@ -95,11 +94,11 @@ def test_defaults_live_in_one_place():
     from elchat.presets import PRESETS
     assert not hasattr(presets, "DEFAULT_PRESETS"), "defaults live in notebooks/params/defaults.yaml only"
     for name in d["presets"] + [d["preset"]]:
-        assert name in PRESETS and (P.PARAMS_DIR / f"{name}.yaml").is_file()
+        assert name in PRESETS and (PARAMS_DIR / f"{name}.yaml").is_file()
 
 
 def test_language_files_have_quoted_codes():
-    for f in P.PARAMS_DIR.glob("*.yaml"):
+    for f in PARAMS_DIR.glob("*.yaml"):
         data = P.load_yaml(f)
         if "lang" in data and f.stem != "defaults":
             assert data["lang"] == f.stem, f"{f.name}: lang should be {f.stem!r}"
@@ -141,15 +140,14 @@ def test_params_files_match_declared_parameters():
     import papermill
     declared = {s: papermill.inspect_notebook(str(p)) for s, p in found.items()}
     all_names = set().union(*declared.values()) if declared else set()
-    for f in sorted(P.PARAMS_DIR.glob("*.yaml")):
+    for f in sorted(PARAMS_DIR.glob("*.yaml")):
         data = P.load_yaml(f)
         layer = runner._layer(data if f.stem != "defaults" else data.get("parameters", {}), f.name)
         for stage, d in declared.items():
             runner.stage_parameters(d, [layer], stage, {})  # raises on a value of the wrong type
-        if len(found) == len(EXPECTED):  # only meaningful once every stage notebook exists
-            names = set(layer[1]) | set().union(*[set(v) for v in layer[2].values()])
-            unknown = names - all_names
-            assert not unknown, f"{f.name}: no notebook declares {sorted(unknown)}"
+        names = set(layer[1]) | set().union(*[set(v) for v in layer[2].values()])
+        unknown = names - all_names
+        assert not unknown, f"{f.name}: no notebook declares {sorted(unknown)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -165,3 +163,30 @@ def test_papermill_sees_every_parameter(path):
                       "in the help text) and a simple annotation (int, float, str, bool, list, dict)")
     for name, (type_src, _) in declared.items():
         assert seen[name]["inferred_type_name"] == type_src, f"{name}: papermill reads type {seen[name]['inferred_type_name']!r}"
+
+
+def _stage_declared(stem: str) -> dict:
+    return _declared(nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4))
+
+
+def test_notebook_defaults_are_the_published_settings():
+    """The method's facts are defined once, in elchat/method.py; the notebooks' defaults agree."""
+    cpt, merging = _stage_declared("02_continual_pretraining"), _stage_declared("03_merging")
+    assert cpt.get("layers") == ("list", list(method.TRANSITION_LAYERS)), "02: layers"
+    assert cpt["strategy"][1] == "2x2ls" and "2x2ls" in method.CPT_STRATEGIES
+    assert merging.get("elchat_t") == ("list", list(method.ELCHAT_T)), "03: elchat_t"
+    assert merging["lep_mode"][1] == method.LEP_DEFAULT_MODE and merging["lep_mode"][1] in method.LEP_MODES
+    assert merging["cv_ratio"][1] == method.CV_RATIO
+    assert cpt["lr"][1] == method.default_lr(cpt["strategy"][1])
+
+
+def test_parameter_names_say_what_they_are():
+    """One name per concept: no stage-ambiguous `batch_size`, and the SLERP weight is `elchat_t`
+    (stage 03 merges the layers stage 02 recorded, so it declares no layers of its own)."""
+    retired = {"batch_size": "cpt_batch_size (02) / eval_batch_size (04)", "elchat_rates": "elchat_t",
+               "elchat_layers": "the layers stage 02 recorded"}
+    offenders = [f"{p.name}: {name} (now {retired[name]})" for p in NOTEBOOKS
+                 for name in _declared(nbformat.read(p, as_version=4)) if name in retired]
+    assert not offenders, "retired parameter names: " + "; ".join(offenders)
+    assert "cpt_batch_size" in _stage_declared("02_continual_pretraining")
+    assert "eval_batch_size" in _stage_declared("04_evaluation")

@@ -13,11 +13,11 @@ TA = {"Chat": (3.0, 0.60, 0.85, 1.5, 2.0), "Chat+VE": (3.1, 0.20, 0.30, 1.8, 2.5
 SWEEP = {0.0: (3.0, 0.6, 0.85), 0.5: (2.4, 0.5, 0.7), 1.0: (2.0, 0.2, 0.3)}
 
 
-def _rows(lang, models, chat_format_metric):
+def _rows(lang, models):
     rows = []
     for model, (bpc, ife, cf, en, tpc) in models.items():
         for task, metric, v in [("bpc", "bpc", bpc), ("ifeval", "prompt_strict", ife),
-                                ("chat_format", chat_format_metric, cf), ("bpc_en", "bpc", en),
+                                ("chat_format", "all_ok", cf), ("bpc", "bpc_en", en),
                                 ("speed", "tokens_per_char", tpc), ("safety", "nonrefusal_benign", 1.0)]:
             rows.append({"model": model, "lang": lang, "task": task, "metric": metric, "value": v,
                          "n": 20, "ci_low": v - 0.1, "ci_high": v + 0.1, "group": "model", "t": None})
@@ -26,12 +26,12 @@ def _rows(lang, models, chat_format_metric):
 
 @pytest.fixture
 def runs(tmp_path):
-    am = _rows("am", AM, "rate")
+    am = _rows("am", AM)
     for t, (bpc, ife, cf) in SWEEP.items():
-        for task, metric, v in [("bpc", "bpc", bpc), ("ifeval", "prompt_strict", ife), ("chat_format", "rate", cf)]:
+        for task, metric, v in [("bpc", "bpc", bpc), ("ifeval", "prompt_strict", ife), ("chat_format", "all_ok", cf)]:
             am.append({"model": f"t={t}", "lang": "am", "task": task, "metric": metric, "value": v, "n": 5,
                        "ci_low": None, "ci_high": None, "group": "sweep", "t": t})
-    for lang, rows in [("am", am[::-1]), ("ta", _rows("ta", TA, "all_ok"))]:  # order must not matter
+    for lang, rows in [("am", am[::-1]), ("ta", _rows("ta", TA))]:  # order must not matter
         (tmp_path / "micro" / lang / "04_eval").mkdir(parents=True)
         pd.DataFrame(rows).to_csv(tmp_path / "micro" / lang / "04_eval/results.csv", index=False)
     (tmp_path / "micro/am/02_cpt/chat_cpt").mkdir(parents=True)
@@ -49,7 +49,7 @@ def test_table_order_and_best_marks(runs):
     table = report.results_table(data["results"])
     assert list(table.loc["am"].index) == ["Chat", "Chat+VE", "CV", "ElChat", "ElChat w/o copy", "Base"]
     assert list(table.columns) == ["target BPC", "IFEval strict", "chat format", "English BPC", "tokens/char"]
-    assert table.loc[("ta", "ElChat"), "chat format"] == 0.80  # the "all_ok" name maps to the same column
+    assert table.loc[("ta", "ElChat"), "chat format"] == 0.80
     marks = report.best_marks(table)
     best = {col: sorted(m for (lang, m) in marks.index[marks[col]] if lang == "am") for col in table.columns}
     assert best == {"target BPC": ["Chat+VE"], "IFEval strict": ["Chat"], "chat format": ["Chat"],
@@ -117,3 +117,32 @@ def test_degenerate_scores_are_not_claimed():
     text = report.summary(table)
     assert "IFEval strict close to Chat: cannot judge — the source Chat scores 0.000" in text
     assert "helps the chat format: no difference" in text
+
+
+def test_wide_table_pivots_tidy_rows_into_metrics_columns():
+    rows = pd.DataFrame([
+        {"model": "ElChat", "task": "bpc", "metric": "bpc_en", "value": 1.6},
+        {"model": "Chat", "task": "bpc", "metric": "bpc", "value": 3.0},
+        {"model": "Chat", "task": "mc", "metric": "accuracy", "value": 0.5},
+        {"model": "Chat", "task": "mc", "metric": "chance", "value": 0.25},
+        {"model": "Chat", "task": "ifeval", "metric": "instruction_strict", "value": 0.7},  # not reported
+        {"model": "ElChat", "task": "bpc", "metric": "bpc", "value": 2.3},
+    ])
+    wide = report.wide_table(rows)
+    assert list(wide.index) == ["ElChat", "Chat"]  # first appearance
+    assert list(wide.columns) == ["target BPC", "MC accuracy", "English BPC"]  # METRICS order
+    assert wide.loc["ElChat", "target BPC"] == 2.3 and wide.loc["Chat", "MC accuracy"] == 0.5
+    assert pd.isna(wide.loc["Chat", "English BPC"])
+    shown = report.wide_table(rows, display=True)
+    assert list(shown.columns) == ["target BPC ↓", "MC accuracy (chance 0.25)", "English BPC ↓"]
+    assert report.wide_table(rows.iloc[:0]).empty
+
+
+def test_metrics_is_one_pair_per_column_and_names_what_tasks_produce():
+    pairs = [(m.task, m.metric) for m in report.METRICS.values()]
+    assert len(pairs) == len(set(pairs))
+    assert report.column_of("chat_format", "all_ok") == "chat format"
+    assert report.column_of("chat_format", "rate") is None  # no task writes this name
+    assert report.headers()["speed-up"] == "speed-up (vs Chat)"
+    assert [c for c, m in report.METRICS.items() if m.lower_is_better] == ["target BPC", "English BPC",
+                                                                           "tokens/char"]

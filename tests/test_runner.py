@@ -8,8 +8,7 @@ import json
 import nbformat
 import pytest
 
-from elchat import params as P
-from elchat import runner
+from elchat import paths, runner
 
 BODY = '''
 import json, os, pathlib
@@ -55,8 +54,11 @@ def study(tmp_path, monkeypatch):
         'presets: ["micro"]\nlangs: ["am"]\npreset: "micro"\nlang: "am"\nparameters:\n  seed: 3\n')
     (nbs / "params" / "micro.yaml").write_text('lr: 1e-4\ntag: "preset"\nbatch_size: 2\n')
     (nbs / "params" / "am.yaml").write_text('lang: "am"\ntag: "language"\n')
-    monkeypatch.setattr(P, "NOTEBOOKS_DIR", nbs)
+    monkeypatch.setattr(paths, "NOTEBOOKS_DIR", nbs)
     return tmp_path
+
+
+STAGES = "00,01,05"  # the synthetic study's notebooks
 
 
 def _calls(root):
@@ -76,9 +78,8 @@ def test_order_filtering_precedence_skip_and_invalidation(study):
     runs = study / "runs"
     pfile = study / "extra.yaml"
     pfile.write_text('batch_size: 3\n"01":\n  batch_size: 4\n')
-    summary, log = _run(study, params_file=pfile, overrides=["seed=7"])
+    summary, log = _run(study, stages=STAGES, params_file=pfile, overrides=["seed=7"])
     assert _calls(runs) == ["00 am", "01 am", "05 *"]
-    assert summary["missing"] == ["02", "03", "04"] and "stage 02 not there yet" in log
     got0 = json.loads((runs / "micro/am/00_x/params.json").read_text())
     # lr: preset YAML's `1e-4` (a string to PyYAML) arrives as the declared float; am.yaml beats
     # micro.yaml for `tag`; -p beats defaults.yaml for seed; runs_root is the absolute root.
@@ -93,23 +94,23 @@ def test_order_filtering_precedence_skip_and_invalidation(study):
     assert (runs / "micro/am/.stages/01.json").is_file() and (runs / "micro/.stages/05.json").is_file()
 
     # Unchanged: nothing runs.
-    summary, log = _run(study, params_file=pfile, overrides=["seed=7"])
+    summary, log = _run(study, stages=STAGES, params_file=pfile, overrides=["seed=7"])
     assert len(_calls(runs)) == 3 and [r["status"] for r in summary["records"]] == ["skipped"] * 3
     # A parameter of stage 01 changes: 01 and the report downstream re-run, 00 does not.
-    summary, _ = _run(study, params_file=pfile, overrides=["seed=7", "01.batch_size=5"])
+    summary, _ = _run(study, stages=STAGES, params_file=pfile, overrides=["seed=7", "01.batch_size=5"])
     assert _calls(runs)[3:] == ["01 am", "05 *"]
     assert json.loads((runs / "micro/am/01_x/params.json").read_text())["batch_size"] == 5
     # --force on stage 00 alone, then the normal run: the re-run upstream invalidates 01 and 05.
     _run(study, stages="00", force=True, params_file=pfile, overrides=["seed=7", "01.batch_size=5"])
     assert _calls(runs)[5:] == ["00 am"]
-    _run(study, params_file=pfile, overrides=["seed=7", "01.batch_size=5"])
+    _run(study, stages=STAGES, params_file=pfile, overrides=["seed=7", "01.batch_size=5"])
     assert _calls(runs)[6:] == ["01 am", "05 *"]
 
 
 def test_failing_stage_stops_that_language_only(study, capsys):
     from elchat.cli import main
 
-    code = main(["run", "--lang", "am", "--lang", "bn", "--stages", "01-05", "-p", "fail_lang=am",
+    code = main(["run", "--lang", "am", "--lang", "bn", "--stages", "01,05", "-p", "fail_lang=am",
                  "--runs-root", str(study / "runs"), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 1
@@ -133,6 +134,8 @@ def test_bad_input_fails_before_any_work(study):
         _run(study, overrides=["lang=ta"])
     with pytest.raises(ValueError, match="stages are 00..05"):
         _run(study, stages="03-09")
+    with pytest.raises(ValueError, match=r"no notebook for stage\(s\) 02, 03, 04"):
+        _run(study)  # 00-05 asked for, three of them without a notebook
     assert not (study / "runs").exists()
 
 
