@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import is_count
 from .paths import REPO_ROOT, data_dir
 
 LANGUAGES = {"en": "English", "am": "Amharic", "bn": "Bengali", "my": "Burmese", "gu": "Gujarati",
@@ -211,7 +212,7 @@ def load_hub_texts(dataset_id: str, config: str | None = None, split: str = "tra
     Only called when the user names a dataset, e.g.
     `load_hub_texts("allenai/madlad-400", "am", split="clean", max_docs=5000)`.
     """
-    if not isinstance(max_docs, int) or isinstance(max_docs, bool) or max_docs < 1:
+    if not is_count(max_docs, 1):
         raise ValueError(f"max_docs must be a positive integer, got {max_docs!r}")
     import datasets  # imported on use: only a user who names a hub corpus needs it (slow import)
 

@@ -26,6 +26,7 @@ import random
 import re
 
 from .evaluation.ifeval import count_sentences, count_words, load_prompts
+from .errors import is_count
 
 TOPICS = [
     "the ocean", "mountains", "rain", "a small garden", "bread", "trains", "the moon", "winter",
@@ -206,7 +207,7 @@ def make_examples(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split={split!r}: expected 'train' or 'heldout'")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if not is_count(n):
         raise ValueError(f"n={n!r}: expected a non-negative integer")
     # Every 6th topic is held out, so held-out prompts are about topics never tuned on.
     topics = [t for i, t in enumerate(TOPICS) if (i % 6 == 5) == (split == "heldout")]

@@ -46,6 +46,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from . import cpt, instructions
 from .atomic import atomic_dir, atomic_write_json
 from .data import load_chat, load_texts, take_chars
+from .errors import is_count
 from .packing import pack_blocks, token_stream
 from .paths import models_cache, tokens_cache
 
@@ -88,7 +89,7 @@ def config_for(size: str = "micro", steps: int | None = None) -> dict:
         raise ValueError(f"size={size!r}: expected one of {', '.join(SIZES)}")
     cfg = dict(SIZES[size], size=size, recipe=RECIPE)
     if steps is not None and steps != 0:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        if not is_count(steps, 1):
             raise ValueError(f"steps={steps!r}: expected a positive integer (or 0/None for the default)")
         cfg.update(pre_steps=steps, chat_steps=max(1, 2 * steps // 3))
     return cfg
@@ -96,7 +97,7 @@ def config_for(size: str = "micro", steps: int | None = None) -> dict:
 
 def check_seed(seed) -> int:
     """`seed` if it is a non-negative integer, else a ValueError naming it. Example: `check_seed(0) == 0`."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not is_count(seed):
         raise ValueError(f"seed={seed!r}: expected a non-negative integer")
     return seed
 

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import gguf_convert, micro, runs
 from .device import pick_device, pick_dtype
-from .paths import cache_dir, models_cache
+from .paths import cache_dir, is_hub_id, models_cache
 from .presets import PRESETS, get_preset
 
 HUB_ENV = "ELCHAT_ALLOW_HUB"
@@ -32,11 +32,6 @@ HUB_ENV = "ELCHAT_ALLOW_HUB"
 
 def _hub_allowed(allow_hub: bool) -> bool:
     return bool(allow_hub) or os.environ.get(HUB_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def _is_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and " " not in name
 
 
 def _check_model_dir(path: Path) -> Path:
@@ -78,10 +73,10 @@ def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: b
                       f"{HUB_ENV}=1 (or fetch(..., allow_hub=True)) to use it")
         return {"chat": chat, "base": base, "preset": name, "notes": notes}
     path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")) or (os.sep in name and not _is_hub_id(name)):
+    if path.exists() or name.startswith((".", "/", "~")) or (os.sep in name and not is_hub_id(name)):
         return {"chat": _check_model_dir(path), "base": None, "preset": name,
                 "notes": "local model directory (no base model)"}
-    if _is_hub_id(name):
+    if is_hub_id(name):
         return {"chat": name, "base": None, "preset": name,
                 "notes": "hub id: downloaded by load_model (needs network; no base model)"}
     raise ValueError(f"{name!r} is not a preset ({', '.join(PRESETS)}), an existing model "
@@ -91,7 +86,7 @@ def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: b
 def _resolve(path) -> str:
     """A local dir (checked) or a hub id, as `from_pretrained` wants it."""
     name = os.fspath(path)
-    if Path(name).expanduser().exists() or not _is_hub_id(name):
+    if Path(name).expanduser().exists() or not is_hub_id(name):
         return str(_check_model_dir(Path(name).expanduser()))
     return name
 
@@ -114,7 +109,7 @@ def load_tokenizer(path, trust_remote_code: bool = False):
     Example: `tok = load_tokenizer(fetch("smollm2-135m")["chat"])`.
     """
     name = os.fspath(path)
-    if Path(name).expanduser().exists() or not _is_hub_id(name):
+    if Path(name).expanduser().exists() or not is_hub_id(name):
         name = str(Path(name).expanduser())
         if not Path(name).is_dir():
             raise FileNotFoundError(f"tokenizer directory {name} does not exist")

@@ -27,6 +27,7 @@ import yaml
 
 from . import runs
 from .data import LANGUAGES
+from .errors import is_count
 from .method import INIT_METHODS
 from .paths import DEFAULTS_FILE
 from .presets import PRESETS
@@ -210,7 +211,7 @@ def check_common(preset: str, lang: str, runs_root: str = "runs", seed: int = 0,
     if preset not in PRESETS and not Path(preset).is_dir() and preset.count("/") != 1:
         raise ValueError(f"parameter preset={preset!r}: not a preset ({', '.join(PRESETS)}), "
                          "a local model directory, or a hub id (owner/name)")
-    if not (isinstance(seed, int) and not isinstance(seed, bool)) or seed < 0:
+    if not is_count(seed):
         raise ValueError(f"parameter seed={seed!r}: expected a non-negative integer")
     if not isinstance(device, str) or not (device in ("auto", "cpu", "mps") or device.startswith("cuda")):
         raise ValueError(f"parameter device={device!r}: expected auto, cpu, mps, cuda or cuda:N")
@@ -220,21 +221,17 @@ def check_common(preset: str, lang: str, runs_root: str = "runs", seed: int = 0,
     return runs.run_dir(runs_root, preset, lang)
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def check_vocab_params(num_new_tokens, init_method, compare_sizes, compare_methods, eval_chars) -> None:
     """Validate notebook 01's own parameters; a bad value raises ValueError naming the parameter.
 
     Example: `check_vocab_params(5000, "mean", [1000, 5000], ["mean", "merge"], 2000)`.
     """
-    if not _positive_int(num_new_tokens):
+    if not is_count(num_new_tokens, 1):
         raise ValueError(f"parameter num_new_tokens={num_new_tokens!r}: expected a positive integer")
     if init_method not in INIT_METHODS:
         raise ValueError(f"parameter init_method={init_method!r}: choose one of "
                          f"{', '.join(INIT_METHODS)}")
-    if not isinstance(compare_sizes, (list, tuple)) or not all(map(_positive_int, compare_sizes)):
+    if not isinstance(compare_sizes, (list, tuple)) or not all(is_count(v, 1) for v in compare_sizes):
         raise ValueError(f"parameter compare_sizes={compare_sizes!r}: expected a list of positive integers")
     if not isinstance(compare_methods, (list, tuple)):
         raise ValueError(f"parameter compare_methods={compare_methods!r}: expected a list such as "
@@ -242,5 +239,5 @@ def check_vocab_params(num_new_tokens, init_method, compare_sizes, compare_metho
     bad = [m for m in compare_methods if m not in INIT_METHODS]
     if bad:
         raise ValueError(f"parameter compare_methods: unknown {bad}; choose from {', '.join(INIT_METHODS)}")
-    if not _positive_int(eval_chars):
+    if not is_count(eval_chars, 1):
         raise ValueError(f"parameter eval_chars={eval_chars!r}: expected a positive integer")

@@ -37,6 +37,15 @@ def tokens_cache() -> Path:
     return cache_dir() / "tokens"
 
 
+def is_hub_id(name: str) -> bool:
+    """True when `name` has the shape of a Hugging Face hub id `owner/name` (not a local path).
+
+    Example: `is_hub_id("Qwen/Qwen2.5-0.5B") is True`, `is_hub_id("./runs/x") is False`.
+    """
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and " " not in name
+
+
 def data_dir() -> Path:
     """The shipped data directory: `$ELCHAT_DATA_DIR` if set, else the repository's `data/`.
 

@@ -72,7 +72,7 @@ def collect(runs_root, preset: str, langs=None) -> dict:
 
     Example: `collect("runs", "micro")["results"].columns` -> model, lang, task, metric, value, ...
     """
-    base = runs.run_dir(runs_root, preset, "-").parent
+    base = runs.preset_dir(runs_root, preset)
     if langs is None:
         langs = sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "04_eval").is_dir()) \
             if base.is_dir() else []

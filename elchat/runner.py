@@ -343,7 +343,7 @@ def _plan(presets, langs, notebooks: dict, declared: dict, layers, root: Path) -
 
 def _stage_home(root: Path, preset: str, lang: str | None) -> Path:
     """Where a stage's outputs, executed notebook and `.stages/` manifest go."""
-    return runs.run_dir(root, preset, lang) if lang else runs.report_dir(root, preset).parent
+    return runs.run_dir(root, preset, lang) if lang else runs.preset_dir(root, preset)
 
 
 def _record(step: Stage, status: str = "", message: str = "") -> dict:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_json
+from .paths import is_hub_id
 
 STAGE_DIRS = {"00": "00_source", "01": "01_vocab", "02": "02_cpt", "03": "03_merge",
               "04": "04_eval"}
@@ -27,18 +28,25 @@ STAGE_NOTEBOOKS = {"00": "00_source_models", "01": "01_vocabulary_expansion",
                    "05": "05_report"}
 
 
+def preset_dir(runs_root: str | os.PathLike, preset: str) -> Path:
+    """Where one preset's runs live (a hub id's "/" made safe).
+
+    Example: `preset_dir("runs", "Qwen/Qwen2.5-0.5B") == Path("runs/Qwen__Qwen2.5-0.5B")`.
+    """
+    return Path(runs_root) / str(preset).strip("/").replace("/", "__")
+
+
 def run_dir(runs_root: str | os.PathLike, preset: str, lang: str) -> Path:
     """Where one preset/language's stage outputs live.
 
     Example: `run_dir("runs", "micro", "am") == Path("runs/micro/am")`.
     """
-    safe_preset = str(preset).strip("/").replace("/", "__")
-    return Path(runs_root) / safe_preset / Path(str(lang)).stem
+    return preset_dir(runs_root, preset) / Path(str(lang)).stem
 
 
 def report_dir(runs_root: str | os.PathLike, preset: str) -> Path:
     """Stage 05's folder for a preset. Example: `report_dir("runs", "micro") == Path("runs/micro/report")`."""
-    return run_dir(runs_root, preset, "-").parent / "report"
+    return preset_dir(runs_root, preset) / "report"
 
 
 def stage_dir(run: str | os.PathLike, stage: str) -> Path:
@@ -82,12 +90,7 @@ def _load(run: Path, stored: str | None):
     if p.is_absolute():
         return p
     inside = Path(run) / p
-    return inside if inside.exists() or not _looks_like_hub_id(stored) else stored
-
-
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+    return inside if inside.exists() or not is_hub_id(stored) else stored
 
 
 def write_sources(run: str | os.PathLike, chat, base=None, **info) -> Path:

@@ -48,6 +48,7 @@ from transformers import AutoTokenizer
 
 from .data import is_corpus_file, load_texts
 from .embeddings import METHODS, resize_and_initialize, save_expanded
+from .errors import is_count
 from .models import fetch, load_model, load_tokenizer
 from .scripts import char_script, detect_scripts
 
@@ -182,7 +183,7 @@ def _read_source(tokenizer) -> _Source:
 
 def _check_inputs(target_texts, num_new_tokens) -> list[str]:
     """The non-blank target texts; bad `num_new_tokens` or an empty corpus raise ValueError."""
-    if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens <= 0:
+    if not is_count(num_new_tokens, 1):
         raise ValueError(f"num_new_tokens={num_new_tokens!r}: expected a positive integer")
     if isinstance(target_texts, str):
         target_texts = [target_texts]

@@ -27,6 +27,7 @@ import torch
 
 from .. import data
 from ..atomic import atomic_write_text
+from ..errors import is_count
 from . import bpc, chat_format, ifeval, mc, mt, safety, speed
 from .generate import Context, load, resolve_model
 from .results import CSV_COLUMNS, save_results, to_rows
@@ -89,10 +90,6 @@ def check_lang(lang: str) -> tuple[str | None, str | None, Path | None]:
     return lang, languages[lang], None
 
 
-def _is_count(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def check_stage_params(tasks, sweep_tasks, limit, sweep_limit, eval_batch_size, max_new_tokens,
                        lang) -> tuple[list[str], list[str]]:
     """Notebook 04's parameters checked (the error names the bad one); returns the task lists.
@@ -109,7 +106,7 @@ def check_stage_params(tasks, sweep_tasks, limit, sweep_limit, eval_batch_size, 
     for name, value, minimum in [("limit", limit, 0), ("sweep_limit", sweep_limit, 0),
                                  ("eval_batch_size", eval_batch_size, 1),
                                  ("max_new_tokens", max_new_tokens, 1)]:
-        if not _is_count(value, minimum):
+        if not is_count(value, minimum):
             expected = "0 (all items) or a positive integer" if minimum == 0 else "a positive integer"
             raise ValueError(f"parameter {name}={value!r}: expected {expected}")
     return checked[0], checked[1]
@@ -136,7 +133,7 @@ def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int
     document per line; then `bpc` and `speed` use it, `mt`/`mc` are not available); `limit`: items
     per task (None = all); `reference`: model the `speed` task compares with (the source chat model).
     """
-    if limit is not None and not _is_count(limit, 1):
+    if limit is not None and not is_count(limit, 1):
         raise ValueError(f"limit={limit!r}: expected a positive integer or None")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be positive integers")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json
+from ..errors import is_count
 from ..instructions import make_examples
 from ..micro import chat_conversations, english_texts
 from ..models import load_model, load_tokenizer
@@ -72,7 +73,7 @@ def unigram_bpc(train_texts, test_texts) -> float:
 
 def check_n_prompts(n_prompts) -> int:
     """`n_prompts` if it is an integer >= 2, else a ValueError naming it. Example: `check_n_prompts(60)`."""
-    if not isinstance(n_prompts, int) or isinstance(n_prompts, bool) or n_prompts < 2:
+    if not is_count(n_prompts, 2):
         raise ValueError(f"parameter n_prompts={n_prompts!r}: expected an integer >= 2")
     return n_prompts
 
