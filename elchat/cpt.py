@@ -43,10 +43,12 @@ Each process reads its own disjoint blocks; the global batch is batch_size * gra
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -73,6 +75,7 @@ try:  # regional compilation exists since accelerate 1.7; only compile=True need
 except ImportError:  # pragma: no cover - older accelerate
     compile_regions = None
 
+SNAPSHOTS = "snapshots"  # sub-directory of a run's output directory with its kept models
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Changing these between a run and its resume does not change the trained weights.
 _RESUME_FREE = {"save_every", "compile", "cache_dir", "device"}
@@ -138,6 +141,8 @@ class CPTConfig:
     lora_alpha: int = 32                 # LoRA scale alpha/r
     lora_dropout: float = 0.05           # LoRA dropout
     cache_dir: str | None = None         # tokenized corpora; None: $ELCHAT_CACHE/tokens
+    snapshots: tuple = ()                # fractions of the run (0 < f < 1) at which a full HF model
+                                         # is kept in out_dir/snapshots/step-N (forgetting curves)
 
     def __post_init__(self):
         check_strategy(self.strategy)
@@ -164,12 +169,34 @@ class CPTConfig:
         if not (self.lr > 0) or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
             raise ValueError(f"lr={self.lr}, warmup_ratio={self.warmup_ratio}, weight_decay="
                              f"{self.weight_decay}: need lr > 0, 0 <= warmup_ratio < 1, decay >= 0")
+        self.snapshots = _check_snapshots(self.snapshots)
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"dtype={self.dtype!r}: expected auto, bf16, fp16 or fp32")
 
     def total_steps(self, tokens_per_step: int) -> int:
         """Optimizer steps of the run. Example: `CPTConfig(max_tokens=4096).total_steps(2048) == 2`."""
         return math.ceil(self.max_tokens / tokens_per_step) if self.max_tokens else self.max_steps
+
+    def snapshot_steps(self, total: int) -> list[int]:
+        """The steps whose model is kept: round(f * total) per fraction, in 1..total-1, distinct.
+
+        Example: `CPTConfig(snapshots=(0.25, 0.5)).snapshot_steps(8) == [2, 4]`.
+        """
+        return sorted({s for s in (round(f * total) for f in self.snapshots) if 0 < s < total})
+
+
+def _check_snapshots(value) -> tuple:
+    """`value` as a sorted tuple of fractions in (0, 1), else an error naming `snapshots`."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"snapshots={value!r}: expected a list of fractions of the run, "
+                         "e.g. [0.25, 0.5]")
+    fractions = []
+    for f in value:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise ValueError(f"snapshots={list(value)!r}: each entry must be a fraction "
+                             "0 < f < 1 of the run's steps (the final model is the run's result)")
+        fractions.append(float(f))
+    return tuple(sorted(set(fractions)))
 
 
 def _config_json(config: CPTConfig) -> dict:
@@ -352,6 +379,8 @@ class _Run:
     started: float = 0.0                # perf_counter at the start of this session's loop
     window_start: float = 0.0           # perf_counter at the last train row (evaluation excluded)
     window_step: int = 0                # step of the last train row
+    source_dtype: torch.dtype = torch.float32  # dtype the model is saved in (as it came)
+    snapshots: list = field(default_factory=list)  # [{"step", "tokens", "path"}] written so far
 
 
 def _finished_summary(out_dir: Path, model_dir: Path, config: CPTConfig) -> dict | None:
@@ -416,9 +445,11 @@ def _resume_or_start(run: _Run, resume: bool) -> None:
                                               _config_json(run.config), len(run.data.blocks),
                                               free=_RESUME_FREE)
         run.step, run.rows, run.window = state["step"], state["rows"], state["window"]
+        run.snapshots = state.get("snapshots", [])
         run.resumed_from = run.step
     elif run.accelerator.is_main_process:
         shutil.rmtree(run.out_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(run.out_dir / SNAPSHOTS, ignore_errors=True)
         for name in ("log.csv", "log.json"):
             (run.out_dir / name).unlink(missing_ok=True)
 
@@ -525,6 +556,7 @@ def _checkpoint(run: _Run, lr: float) -> None:
         run.out_dir / checkpoint.CHECKPOINTS / checkpoint.LAST, run.named, run.optimizer,
         run.scheduler, {"step": run.step, "rows": run.rows, "window": run.window,
                         "n_blocks": len(run.data.blocks), "config": _config_json(config),
+                        "snapshots": run.snapshots,
                         "model_dir": str(run.model_dir)})
 
 
@@ -550,7 +582,60 @@ def _train_loop(run: _Run, bar) -> None:
             run.rows.append(row)
             if run.accelerator.is_main_process:
                 _write_logs(run.out_dir, run.rows)
+        _snapshot(run)  # before the checkpoint, whose state lists the snapshots written
         _checkpoint(run, lr)
+
+
+def _write_model(run: _Run, path: Path) -> None:
+    """Write the current full model (LoRA merged, in the source dtype) + tokenizer as an HF
+    directory at `path`, atomically, from the main process; the training weights stay fp32."""
+    model = run.raw_model
+    if run.config.strategy == "lora":  # merge a copy: the adapters keep training
+        model = copy.deepcopy(model).merge_and_unload()
+    state = {k: v.to(run.source_dtype) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    if run.accelerator.is_main_process:
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp, state_dict=state)
+            run.tokenizer.save_pretrained(tmp)
+            _fix_config(tmp, run.source_dtype)
+    run.accelerator.wait_for_everyone()
+
+
+def _fix_config(model_dir: Path, dtype: torch.dtype) -> None:
+    """config.json as the final model's: dtype of the saved tensors (save_pretrained records the
+    live model's fp32 master weights, not the state dict it was given) and the KV cache on."""
+    path = model_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["use_cache"] = True
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    atomic_write_json(path, cfg)
+
+
+def _snapshot(run: _Run) -> None:
+    """Keep the model of this step in `out_dir/snapshots/step-N` when the config asks for it."""
+    if run.step not in run.config.snapshot_steps(run.total):
+        return
+    rel = f"{SNAPSHOTS}/step-{run.step}"
+    _write_model(run, run.out_dir / rel)
+    run.snapshots = [s for s in run.snapshots if s["step"] != run.step] + [
+        {"step": run.step, "tokens": run.step * run.tokens_per_step, "path": rel}]
+
+
+def _keep_snapshots(run: _Run, tmp: Path) -> None:
+    """Hard-link the snapshots into the final directory (no copy; the old tree keeps them until
+    the final rename, so a kill here loses nothing)."""
+    src = run.out_dir / SNAPSHOTS
+    if run.snapshots and src.is_dir():
+        shutil.copytree(src, tmp / SNAPSHOTS, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # filesystems without hard links
+        shutil.copy2(src, dst)
 
 
 def _summary(run: _Run, final) -> dict:
@@ -570,23 +655,30 @@ def _summary(run: _Run, final) -> dict:
         if train_rows else None,
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
         "resumed_from_step": run.resumed_from, "processes": run.accelerator.num_processes,
+        "snapshots": sorted(run.snapshots, key=lambda s: s["step"]),
         "config": _config_json(run.config),
     }
 
 
-def _finalize(run: _Run, model_config) -> dict:
+def _source_dtype(model_config) -> torch.dtype:
+    """The dtype the source model was stored in (bf16/fp16 kept, anything else fp32)."""
+    dtype = getattr(model_config, "dtype", None)
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _finalize(run: _Run) -> dict:
     """Merge LoRA, restore the source dtype, write model + logs + summary atomically at `out_dir`."""
     final = run.raw_model.merge_and_unload() if run.config.strategy == "lora" else run.raw_model
     final.config.use_cache = True
-    source_dtype = getattr(model_config, "dtype", None)
-    source_dtype = getattr(torch, source_dtype, None) if isinstance(source_dtype, str) else source_dtype
-    if source_dtype in (torch.bfloat16, torch.float16):  # fp32 master weights, saved as they came
-        final = final.to(source_dtype)
+    if run.source_dtype != torch.float32:  # fp32 master weights, saved as they came
+        final = final.to(run.source_dtype)
     summary = _summary(run, final)
     if run.accelerator.is_main_process:
         with atomic_dir(run.out_dir) as tmp:  # replaces logs + checkpoints with the final model
             final.save_pretrained(tmp)
             run.tokenizer.save_pretrained(tmp)
+            _keep_snapshots(run, tmp)
             _write_logs(tmp, run.rows)
             atomic_write_json(tmp / "cpt_summary.json", summary)
     run.accelerator.wait_for_everyone()
@@ -616,31 +708,36 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
         named, config, accelerator.num_processes)
     run = _Run(config, model_dir, out_dir, tokenizer, corpus, accelerator, raw_model, model, named,
                optimizer, scheduler, total, tokens_per_step, _Blocks(corpus.blocks, config.seed))
+    run.source_dtype = _source_dtype(model_config)
     _resume_or_start(run, resume)
     run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
     with tqdm(total=total, initial=run.step, desc=f"cpt {config.strategy}", unit="step",
               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True) as bar:
         _train_loop(run, bar)
     accelerator.wait_for_everyone()
-    return _finalize(run, model_config)
+    return _finalize(run)
 
 
 def stage_plan(run, strategy: str = "2x2ls", base_strategy_lep: str = "embeddings",
-               lr: float | None = None, **settings) -> dict[str, tuple[Path, CPTConfig]]:
+               lr: float | None = None, snapshots=(), **settings) -> dict[str, tuple[Path, CPTConfig]]:
     """Notebook 02's runs, `{name: (source model dir, CPTConfig)}`, its parameters validated.
 
     `chat_cpt` (ElChat) trains stage 01's `chat_ve` with `strategy`; when the preset has a base
     model (`01_vocab/base_ve`), `base_cpt` (Chat Vector) trains it with `strategy` and `base_emb`
-    (the LEP donor) with `base_strategy_lep` at 2 x lr. `settings`: other CPTConfig fields
-    (layers, max_steps, batch_size, ...). Example: `stage_plan("runs/micro/am", max_steps=40)`.
+    (the LEP donor) with `base_strategy_lep` at 2 x lr. `snapshots` (fractions of the run) keep
+    intermediate models of chat_cpt and base_cpt (not base_emb). `settings`: other CPTConfig
+    fields (layers, max_steps, batch_size, ...). Example: `stage_plan("runs/micro/am", max_steps=40)`.
     """
     check_strategy(strategy, "strategy")
     check_strategy(base_strategy_lep, "base_strategy_lep")
     lr = lr if lr is not None else method.default_lr(strategy)
     vocab = runs.stage_dir(run, "01")
-    plan = {"chat_cpt": (vocab / "chat_ve", CPTConfig(strategy=strategy, lr=lr, **settings))}
+    snapshots = _check_snapshots(snapshots)
+    plan = {"chat_cpt": (vocab / "chat_ve", CPTConfig(strategy=strategy, lr=lr,
+                                                      snapshots=snapshots, **settings))}
     if runs.has_model(vocab / "base_ve"):  # presets with a base model
-        plan["base_cpt"] = (vocab / "base_ve", CPTConfig(strategy=strategy, lr=lr, **settings))
+        plan["base_cpt"] = (vocab / "base_ve", CPTConfig(strategy=strategy, lr=lr,
+                                                         snapshots=snapshots, **settings))
         plan["base_emb"] = (vocab / "base_ve",
                             CPTConfig(strategy=base_strategy_lep, lr=2 * lr, **settings))
     runs.require(vocab / "chat_ve" / "config.json", "01")
@@ -650,11 +747,16 @@ def stage_plan(run, strategy: str = "2x2ls", base_strategy_lep: str = "embedding
 def write_stage_summary(out_dir, summaries: dict) -> pd.DataFrame:
     """One row per run of `{name: train() summary}`, written to `out_dir/summary.csv`; returned.
 
+    Also `out_dir/snapshots.json`: `{name: [{"step", "tokens", "path"}]}` with each snapshot's
+    path relative to `out_dir` (e.g. "chat_cpt/snapshots/step-10"); runs without snapshots: [].
     Example: `write_stage_summary(run / "02_cpt", {"chat_cpt": summary})["valid BPC"]`.
     """
     table = pd.DataFrame([{"run": name, **{label: s[key] for key, label in SUMMARY_COLUMNS.items()}}
                           for name, s in summaries.items()])
     atomic_write_text(Path(out_dir) / "summary.csv", table.to_csv(index=False))
+    atomic_write_json(Path(out_dir) / "snapshots.json", {
+        name: [{**snap, "path": f"{name}/{snap['path']}"} for snap in s.get("snapshots", [])]
+        for name, s in summaries.items()})
     return table
 
 
@@ -671,6 +773,7 @@ def _texts_for_cli(args) -> tuple[list[str], list[str]]:
 def _cli_main(args) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(CPTConfig)}
     values["layers"] = tuple(int(x) for x in str(values["layers"]).split(",") if x.strip())
+    values["snapshots"] = tuple(float(x) for x in str(values["snapshots"]).split(",") if x.strip())
     config = CPTConfig(**values)
     train_texts, valid_texts = _texts_for_cli(args)
     summary = train(args.model, train_texts, valid_texts, args.out, config, resume=args.resume)
@@ -697,6 +800,9 @@ def register_cli(subparsers):
         elif f.name == "layers":
             p.add_argument(flag, default=",".join(map(str, default)),
                            help="layer indices, negative from the end: --layers=0,1,-2,-1")
+        elif f.name == "snapshots":
+            p.add_argument(flag, default="", help="fractions of the run whose model is kept in "
+                           "out/snapshots/step-N: --snapshots=0.25,0.5")
         elif f.name == "lr":
             p.add_argument(flag, type=float, default=None,
                            help="default: the strategy's published lr (elchat.method.default_lr)")
