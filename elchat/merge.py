@@ -14,10 +14,24 @@ them from the base, whose rows for those tokens were never trained).
 ElChat (Yamaguchi, Morishita, Villavicencio & Aletras 2025, arXiv 2412.11704): from the source chat
 model C and the adapted chat model A (vocabulary expansion + continual pre-training): (1) A's
 embeddings/lm_head (new vocabulary) and A's tokenizer with C's chat template; (2) SLERP of the
-transition layers from A towards C, t = the weight of C (t = 0 keeps A, t = 1 gives C) — the
-published layers and t are `elchat.method.TRANSITION_LAYERS` and `ELCHAT_T`; every other tensor at
-`other_t` (0: A's); (3) the rows of every chat-template special token copied from C (one shared
-matrix when tied).
+`.weight` tensors of the transition layers from A towards C, t = the weight of C (t = 0 keeps A,
+t = 1 gives C) — the published layers and t are `elchat.method.TRANSITION_LAYERS` and `ELCHAT_T`;
+(3) every other tensor at `other_t`, by default `elchat.method.ELCHAT_OTHER_T` = 1: C's (the final
+norm; the middle layers are equal in A and C after 2x2LS training); (4) the rows of every
+chat-template special token copied from C (one shared matrix when tied). Biases inside the
+transition layers (Qwen2's q/k/v) stay C's by default (`ELCHAT_INTERPOLATE_BIASES` = False);
+`interpolate_biases=True` (`--interpolate-biases`) SLERPs them with their layer's t as well.
+
+Against the authors' released merge script (github.com/gucci-j/chat-cve, `merging/`, run with
+`--pipeline add_transition copy_emb --consider_special_tokens`): (2)-(3) are what it does — it
+starts from C, overwrites only `.weight` of the listed modules of the transition layers with
+slerp(t; A, C), so C's final norm and biases stay. Deliberate differences: it copies back the rows
+of the tokenizer's `all_special_tokens`, the kit the rows of the chat template's special tokens
+(`elchat.chat_tokens`: what a conversation actually feeds the model); its per-architecture module
+lists (llama, qwen2, gemma2) leave any other layer weight (Qwen3/Gemma-3 `q_norm`/`k_norm`) at C's,
+the kit interpolates every `.weight` of a transition layer, for every architecture. The inputs it
+merges differ as documented in `elchat.vocab` and `elchat.embeddings` (English tokenization kept,
+mean init over the true byte-level pieces).
 
 Each input is a `Checkpoint` (lazy tensor reader, config, role in messages). Shapes that differ only
 in the vocabulary dimension (dim 0 equal to each model's `vocab_size`) are handled explicitly as
@@ -52,8 +66,8 @@ from . import runs
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
 from .chat_tokens import chat_special_tokens
 from .merge_math import CHUNK, angle, chat_vector, layer_index, lerp, module_name, slerp, tensor_t
-from .method import (CV_RATIO, ELCHAT_T, LEP_DEFAULT_MODE, LEP_MODES, TRANSITION_LAYERS, check_t,
-                     resolve_layers)
+from .method import (CV_RATIO, ELCHAT_INTERPOLATE_BIASES, ELCHAT_OTHER_T, ELCHAT_T, LEP_DEFAULT_MODE,
+                     LEP_MODES, TRANSITION_LAYERS, check_t, resolve_layers)
 from .shards import ShardedReader, ShardWriter
 
 _STRUCTURE = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -340,24 +354,40 @@ def chat_vector_merge(base, chat, target, out_dir, ratio=CV_RATIO, skip_embed=Fa
     return {**recipe, "out": str(out)}
 
 
-def elchat_merge(chat_dir, adapted_dir, out_dir, layers=TRANSITION_LAYERS, t=ELCHAT_T, other_t=0.0,
-                 copy_special=True, method="slerp", max_shard_bytes=_SHARD_BYTES) -> dict:
-    """ElChat: A's embeddings + C's chat template, SLERP of A's `layers` towards C, C's special rows.
-
-    `t` holds one SLERP weight per layer in `layers`: the weight of the source chat model C
-    (t = 0 keeps the adapted model A's layer, t = 1 gives C's). `other_t` is the t of every other
-    non-vocabulary tensor (0: A's). Defaults: the published `elchat.method` settings.
-    Example: `elchat_merge("chat", "chat_cpt", "elchat")["t"] == {0: .3, 1: .5, 22: .5, 23: .3}`.
-    """
-    interpolate = _interpolation(method)
+def _elchat_t(layers, t, other_t, num_layers, interpolate_biases):
+    """`t_for(name)`: the t of one non-vocabulary tensor of an ElChat merge (checked settings)."""
     layers, t_per_layer = _as_list(layers), check_t("t", t)
     if len(layers) != len(t_per_layer):
         raise ValueError(f"layers {layers} and t {t_per_layer}: give one t per layer")
     check_t("other_t", other_t)
+    resolve_layers(layers, num_layers)  # raises on an index out of range or a layer listed twice
+    t_by_layer = dict(sorted((layer % num_layers, value) for layer, value in zip(layers, t_per_layer)))
+
+    def t_for(name: str) -> float:
+        layer = layer_index(name)
+        if layer not in t_by_layer:
+            return float(other_t)
+        # the released code interpolates `.weight` only: a transition layer's biases stay C's
+        return t_by_layer[layer] if interpolate_biases or not name.endswith(".bias") else 1.0
+    return t_by_layer, t_for
+
+
+def elchat_merge(chat_dir, adapted_dir, out_dir, layers=TRANSITION_LAYERS, t=ELCHAT_T,
+                 other_t=ELCHAT_OTHER_T, copy_special=True, method="slerp",
+                 interpolate_biases=ELCHAT_INTERPOLATE_BIASES, max_shard_bytes=_SHARD_BYTES) -> dict:
+    """ElChat: A's embeddings + C's chat template, SLERP of A's `layers` towards C, C's special rows.
+
+    `t` holds one SLERP weight per layer in `layers`: the weight of the source chat model C
+    (t = 0 keeps the adapted model A's layer, t = 1 gives C's). `other_t` is the t of every tensor
+    outside those layers and the vocabulary matrices (1: C's, as the released code; 0: A's).
+    Biases of the transition layers stay C's unless `interpolate_biases`. Defaults: the published
+    `elchat.method` settings. Example:
+    `elchat_merge("chat", "chat_cpt", "elchat")["t"] == {0: .3, 1: .5, 22: .5, 23: .3}`.
+    """
+    interpolate = _interpolation(method)
     adapted, chat = Checkpoint.open(adapted_dir, "adapted"), Checkpoint.open(chat_dir, "chat")
     _check([adapted, chat], vocab="grow")
-    resolve_layers(layers, adapted.num_layers)  # raises on an index out of range or a layer listed twice
-    t_by_layer = dict(sorted((layer % adapted.num_layers, value) for layer, value in zip(layers, t_per_layer)))
+    t_by_layer, t_for = _elchat_t(layers, t, other_t, adapted.num_layers, interpolate_biases)
     tok_a, tok_c = _tokenizer(adapted_dir), _tokenizer(chat_dir)
     rows = _special_rows(tok_c, tok_a) if copy_special else []
     changes: dict = {}
@@ -369,12 +399,13 @@ def elchat_merge(chat_dir, adapted_dir, out_dir, layers=TRANSITION_LAYERS, t=ELC
                 x = x.clone()
                 _copy_rows(x, chat.read(name), rows, changes, name)
             return x
-        t_name = t_by_layer.get(layer_index(name), other_t)
+        t_name = t_for(name)
         return x if t_name == 0 else interpolate(t_name, x, chat.read(name), inplace=True)
 
     recipe = {"method": f"elchat ({method})", "chat": str(chat_dir), "adapted": str(adapted_dir),
               "t": {str(k): v for k, v in t_by_layer.items()}, "other_t": other_t,
-              "copy_special": copy_special, "special_rows": changes}
+              "interpolate_biases": interpolate_biases, "copy_special": copy_special,
+              "special_rows": changes}
     out = _write(out_dir, adapted.plan(), produce, adapted_dir, tok_a, tok_c, gen_dir=chat_dir,
                  recipe=recipe, desc="elchat", max_shard_bytes=max_shard_bytes)
     return {**recipe, "t": t_by_layer, "out": str(out)}
@@ -509,7 +540,7 @@ def _cli(args) -> int:
     else:
         out = elchat_merge(args.chat, args.adapted, args.out, layers=args.layers, t=args.t,
                            other_t=args.other_t, copy_special=not args.no_copy_special,
-                           method=interpolation)["out"]
+                           method=interpolation, interpolate_biases=args.interpolate_biases)["out"]
     print(f"wrote {out}")
     return 0
 
@@ -545,7 +576,11 @@ def register_cli(subparsers) -> None:
     e.add_argument("--t", type=float, nargs="+", default=list(ELCHAT_T),
                    help="SLERP t per layer: the weight of the source chat model C (t=0 keeps A, t=1 "
                         f"gives C; default {_numbers(ELCHAT_T)})")
-    e.add_argument("--other-t", type=float, default=0.0, help="t of every other tensor (default 0: A's)")
+    e.add_argument("--other-t", type=float, default=ELCHAT_OTHER_T,
+                   help="t of every tensor outside the transition layers and the vocabulary matrices "
+                        f"(default {ELCHAT_OTHER_T:g}: C's, as the released code; 0: A's)")
+    e.add_argument("--interpolate-biases", action="store_true",
+                   help="SLERP the transition layers' biases too (default: C's, as the released code)")
     e.add_argument("--linear", action="store_true", help="linear interpolation instead of SLERP")
     e.add_argument("--no-copy-special", action="store_true", help="ablation: keep A's special-token rows")
     for q in (s, c, e):

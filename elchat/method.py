@@ -6,7 +6,12 @@ ElChat (Yamaguchi, Morishita, Villavicencio & Aletras, 2025, arXiv 2412.11704):
   norm ("2x2LS": 2 + 2 layers, layer-wise selection); the middle of the network stays frozen;
 - the merge SLERPs each transition layer of the adapted chat model A towards the source chat model
   C with weight `t`, the **weight of C**: t = 0 keeps A, t = 1 gives C. The published `ELCHAT_T`
-  is 0.3, 0.5, 0.5, 0.3 for layers 0, 1, -2, -1.
+  is 0.3, 0.5, 0.5, 0.3 for layers 0, 1, -2, -1. The authors' released merge script
+  (github.com/gucci-j/chat-cve, `merging/src/methods/add_transition.py`) starts from C and
+  interpolates only the `.weight` tensors of those layers: every tensor outside the transition
+  layers and the vocabulary matrices (the final norm; the middle layers, equal in A and C after
+  2x2LS) stays C's (`ELCHAT_OTHER_T` = 1), and so do the q/k/v biases of Qwen2-family attention
+  (`ELCHAT_INTERPOLATE_BIASES` = False).
 
 Vocabulary expansion initializes each new token's embedding row by one of `INIT_METHODS`
 (`elchat.embeddings`): the mean of its source sub-token rows (ElChat's default), the mean of the two
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 TRANSITION_LAYERS = (0, 1, -2, -1)    # ElChat's 2x2LS: first two and last two layers
 ELCHAT_T = (0.3, 0.5, 0.5, 0.3)       # SLERP t (weight of the source chat model C) per layer above
+ELCHAT_OTHER_T = 1.0                  # t of every tensor outside those layers and the vocabulary: C's
+ELCHAT_INTERPOLATE_BIASES = False     # transition-layer biases stay C's (released code: .weight only)
 CV_RATIO = 1.0                        # Chat Vector: adapted base + ratio * (chat - base)
 
 CPT_STRATEGIES = ("2x2ls", "embeddings", "full", "lora")

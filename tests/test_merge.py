@@ -173,8 +173,8 @@ def test_cli(models, tmp_path):
     out = tmp_path / "cli"
     assert main(["merge", "elchat", "--chat", str(models["chat"]), "--adapted", str(models["adapted"]),
                  "--layers", "0", "-1", "--t", "0.5", "0.5", "--no-copy-special", "--out", str(out)]) == 0
-    m, a = state(out), state(models["adapted"])
-    assert torch.equal(m["model.layers.1.mlp.up_proj.weight"], a["model.layers.1.mlp.up_proj.weight"])
+    m, a, c = state(out), state(models["adapted"]), state(models["chat"])
+    assert torch.equal(m["model.layers.1.mlp.up_proj.weight"], c["model.layers.1.mlp.up_proj.weight"])
     assert not torch.equal(m["model.layers.3.mlp.up_proj.weight"], a["model.layers.3.mlp.up_proj.weight"])
     assert main(["merge", "elchat", "--chat", str(models["chat"]), "--adapted", str(models["adapted"]),
                  "--t", "0.5", "--out", str(tmp_path / "bad")]) == 2
@@ -237,8 +237,9 @@ def test_elchat_merge(models, tmp_path, kind):
             layer = int(name.split(".")[2])
             torch.testing.assert_close(m[name].double(), ref_slerp(rates[layer], a[name], c[name]),
                                        rtol=1e-5, atol=1e-6)
-        else:
-            assert torch.equal(m[name], a[name])
+        else:  # the final norm: C's, as the released code (it starts from C)
+            assert name == "model.norm.weight" and torch.equal(m[name], c[name])
+            assert not torch.equal(a[name], c[name])
     tok = load_tok(s["out"])
     assert tok.get_vocab() == load_tok(adapted).get_vocab()
     assert tok.chat_template == load_tok(chat).chat_template
@@ -264,8 +265,15 @@ def test_elchat_ablations_and_other_layers(models, tmp_path):
                                0.75 * a["model.layers.3.mlp.up_proj.weight"] + 0.25 * c["model.layers.3.mlp.up_proj.weight"])
     assert torch.equal(m["model.embed_tokens.weight"], a["model.embed_tokens.weight"])
     zero = elchat_merge(models["chat"], models["adapted"], tmp_path / "z", t=[0, 0, 0, 0],
-                        copy_special=False)
+                        other_t=0, copy_special=False)
     assert all(torch.equal(v, a[k]) for k, v in state(zero["out"]).items())
+    # by default (other_t = 1) everything outside the transition layers and vocabulary is C's
+    mid = state(elchat_merge(models["chat"], models["adapted"], tmp_path / "m", layers=[0, -1],
+                             t=[0, 0], copy_special=False)["out"])
+    for name in a:
+        layer = layer_index(name)
+        want = a if layer in (0, 3) or name.endswith(("embed_tokens.weight", "lm_head.weight")) else c
+        assert torch.equal(mid[name], want[name]), name
 
 
 def test_bad_inputs_error_before_writing(models, tmp_path, tiny_tokenizer):
@@ -415,9 +423,9 @@ def test_elchat_sweep_sets_every_layer_to_t(models, tmp_path):
     assert sweep == {0.0: tmp_path / "sweep" / "t0.00", 1.0: tmp_path / "sweep" / "t1.00"}
     c, a = state(models["chat"]), state(models["adapted"])
     zero, one = state(sweep[0.0]), state(sweep[1.0])
-    for layer, want_at_one in [(0, c), (1, a), (2, a), (3, c)]:
+    for layer, at_zero in [(0, a), (1, c), (2, c), (3, a)]:  # layers 1, 2 (not swept): C's
         name = f"model.layers.{layer}.mlp.up_proj.weight"
-        assert torch.equal(zero[name], a[name]) and torch.equal(one[name], want_at_one[name])
+        assert torch.equal(zero[name], at_zero[name]) and torch.equal(one[name], c[name])
     assert json.loads((sweep[1.0] / "merge_recipe.json").read_text())["t"] == {"0": 1.0, "3": 1.0}
 
 
@@ -478,3 +486,73 @@ def test_streaming_peak_memory_is_a_few_tensors(tmp_path):
     name = "model.layers.5.mlp.up_proj.weight"
     torch.testing.assert_close(out.get(name).double(), ref_slerp(0.3, a.get(name), b.get(name)),
                                rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- released-code fidelity
+@pytest.fixture(scope="module")
+def qwen2_pair(tiny_tokenizer, tmp_path_factory):
+    """A tiny Qwen2 chat model C (q/k/v projections with biases) and a fake adapted A of it."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    root = tmp_path_factory.mktemp("qwen2")
+    torch.manual_seed(11)
+    config = Qwen2Config(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=False, eos_token_id=2)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # random biases (the default init makes them zero: nothing to tell apart)
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_()
+    model.save_pretrained(root / "chat")
+    tiny_tokenizer.save_pretrained(root / "chat")
+    return {"chat": root / "chat", "adapted": expanded_copy(root / "chat", root / "adapted", seed=12)}
+
+
+def test_elchat_merge_follows_released_code_on_qwen2(qwen2_pair, tmp_path):
+    """The authors' merge (chat-cve add_transition + copy_emb --consider_special_tokens), by hand:
+    start from C; in each transition layer i, every `.weight` <- slerp(t_i; A, C); biases and the
+    final norm stay C's; embeddings/lm_head <- A's, special-token rows <- C's."""
+    c, a = state(qwen2_pair["chat"]), state(qwen2_pair["adapted"])
+    biases = [n for n in c if n.endswith(".bias")]
+    assert len(biases) == 3 * 4 and all(not torch.equal(a[n], c[n]) for n in biases)
+    m = state(elchat_merge(qwen2_pair["chat"], qwen2_pair["adapted"], tmp_path / "e")["out"])
+    rates = dict(zip([0, 1, 2, 3], method.ELCHAT_T))
+    for name in c:
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            want = a[name].clone()
+            want[[0, 1, 2]] = c[name][[0, 1, 2]]
+            assert torch.equal(m[name], want), name
+        elif name.endswith(".bias") or layer_index(name) is None:
+            assert torch.equal(m[name], c[name]), name
+        else:
+            torch.testing.assert_close(m[name].double(), ref_slerp(rates[layer_index(name)], a[name], c[name]),
+                                       rtol=1e-5, atol=1e-6)
+    # the option: biases SLERPed with their layer's t; layers outside `layers` entirely C's
+    m = state(elchat_merge(qwen2_pair["chat"], qwen2_pair["adapted"], tmp_path / "b", layers=[0, -1],
+                           t=[0.3, 0.6], interpolate_biases=True)["out"])
+    for name in biases:
+        layer = layer_index(name)
+        if layer in (1, 2):
+            assert torch.equal(m[name], c[name]), name
+        else:
+            want = ref_slerp({0: 0.3, 3: 0.6}[layer], a[name], c[name])
+            torch.testing.assert_close(m[name].double(), want, rtol=1e-5, atol=1e-6)
+    recipe = json.loads((tmp_path / "b" / "merge_recipe.json").read_text())
+    assert recipe["interpolate_biases"] is True and recipe["other_t"] == method.ELCHAT_OTHER_T == 1.0
+
+
+def test_cli_interpolate_biases_and_other_t(qwen2_pair, tmp_path):
+    from elchat.cli import main
+
+    c, a = state(qwen2_pair["chat"]), state(qwen2_pair["adapted"])
+    args = ["merge", "elchat", "--chat", str(qwen2_pair["chat"]), "--adapted", str(qwen2_pair["adapted"])]
+    assert main(args + ["--out", str(tmp_path / "d")]) == 0
+    d = state(tmp_path / "d")
+    assert torch.equal(d["model.layers.0.self_attn.q_proj.bias"], c["model.layers.0.self_attn.q_proj.bias"])
+    assert torch.equal(d["model.norm.weight"], c["model.norm.weight"])
+    assert main(args + ["--interpolate-biases", "--other-t", "0", "--out", str(tmp_path / "o")]) == 0
+    o = state(tmp_path / "o")
+    name = "model.layers.0.self_attn.q_proj.bias"
+    torch.testing.assert_close(o[name].double(), ref_slerp(0.3, a[name], c[name]), rtol=1e-5, atol=1e-6)
+    assert torch.equal(o["model.norm.weight"], a["model.norm.weight"])
