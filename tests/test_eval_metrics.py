@@ -173,7 +173,10 @@ def test_stage_figures_from_tidy_rows(tmp_path):
     panels = [ax for ax in bars.axes if ax.get_title()]
     heads = report.headers(results)
     # one panel per reported column present (chars_per_s is not reported), in METRICS order
-    assert [ax.get_title() for ax in panels] == [heads["target BPC"], heads["IFEval strict"]]
+    assert [ax.get_title() for ax in panels] == [heads["target BPC"] + "\nn = 4", heads["IFEval strict"] + "\nn = 4"]
     assert [p.get_height() for p in panels[0].patches] == [2.0, 1.5]   # the main models only
+    # the source model (Chat) is drawn as a horizontal reference line in every panel
+    assert [[tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == ":"] for ax in panels] == \
+        [[(2.0, 2.0)], [(0.5, 0.5)]]
     assert figures.fig_scores(results[results["task"] == "speed"]) is None
     assert set(figures.write_figures(results[results["group"] == "model"], tmp_path / "m")) == {"results_bars"}

@@ -41,13 +41,29 @@ def fig_scores(results: pd.DataFrame, title: str = ""):
         ok = low.notna()
         ax.errorbar(d["model"][ok], value[ok], yerr=[(value - low)[ok], (high - value)[ok]],
                     fmt="none", ecolor="k", lw=1)
-        ax.set_title(headers[column], fontsize=10)
+        _baselines(ax, results, column, d)
+        n = d["n"].dropna().astype(int) if "n" in d else pd.Series(dtype=int)
+        n_text = "" if n.empty else f"\nn = {n.min()}" if n.nunique() == 1 else f"\nn = {n.min()}-{n.max()}"
+        ax.set_title(headers[column] + n_text, fontsize=9)
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
-    fig.suptitle(f"{title}: every model on every task (bars: 95% bootstrap intervals)")
+    fig.suptitle(f"{title}: every model on every task (bars: 95% bootstrap intervals; dotted: Chat; "
+                 "dashed: chance)")
     fig.tight_layout()
     return fig
+
+
+def _baselines(ax, results: pd.DataFrame, column: str, rows: pd.DataFrame) -> None:
+    """The source model's value (dotted grey) and the task's chance level (dashed red), if recorded."""
+    chat = rows.loc[rows["model"] == "Chat", "value"]
+    if not chat.empty:
+        ax.axhline(float(chat.iloc[0]), color="grey", ls=":", lw=1)
+    m = report.METRICS[column]
+    if m.chance:
+        chance = results[(results["task"] == m.task) & (results["metric"] == m.chance)]["value"].dropna()
+        if not chance.empty:
+            ax.axhline(float(chance.iloc[0]), color="red", ls="--", lw=1)
 
 
 def write_figures(results: pd.DataFrame, out_dir, title: str = "") -> dict:
