@@ -11,11 +11,19 @@ from elchat import device as dev
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Pretend the machine has the accelerators we say: machine(cuda=1, bf16=True, mps=False)."""
-    def set_(cuda: int = 0, bf16: bool = False, mps: bool = False):
+    """Pretend the machine has the accelerators we say: machine(cuda=1, bf16=True, mps=False).
+
+    bf16="emulated" is a pre-Ampere GPU (T4): torch's is_bf16_supported() says True by default
+    (including_emulation=True) and False when emulation is excluded.
+    """
+    def set_(cuda: int = 0, bf16=False, mps: bool = False, cpu_bf16: bool = False):
+        def is_bf16_supported(including_emulation: bool = True):
+            return including_emulation if bf16 == "emulated" else bf16
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+        monkeypatch.setattr(torch.cpu, "get_capabilities",
+                            lambda: {"avx512_bf16": cpu_bf16, "amx_bf16": False, "avx512_f": True})
         monkeypatch.setattr(torch.backends, "mps", types.SimpleNamespace(is_available=lambda: mps))
     return set_
 
@@ -56,12 +64,26 @@ def test_cuda_index_out_of_range(machine):
 
 @pytest.mark.parametrize("device,bf16,expected", [
     ("cuda", True, torch.bfloat16), ("cuda", False, torch.float16),
+    ("cuda", "emulated", torch.float16),  # Colab's T4: bf16 only emulated -> fp16 (+ loss scaler)
     ("cuda:0", True, torch.bfloat16), ("cpu", True, torch.float32), ("mps", True, torch.float32),
 ])
 def test_auto_dtype(machine, device, bf16, expected):
-    machine(cuda=1, bf16=bf16, mps=True)
+    machine(cuda=1, bf16=bf16, mps=True, cpu_bf16=True)
     assert dev.pick_dtype(torch.device(device)) == expected
     assert dev.pick_dtype(device, "auto") == expected
+
+
+@pytest.mark.parametrize("cpu_bf16,expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_cpu_compute_dtype_follows_what_torch_reports(machine, cpu_bf16, expected):
+    machine(cpu_bf16=cpu_bf16)
+    assert dev.pick_dtype("cpu", compute=True) == expected
+    assert dev.pick_dtype("cpu") == torch.float32  # stored/merged weights stay fp32
+    assert dev.pick_dtype("cpu", "fp32", compute=True) == torch.float32
+
+
+def test_cpu_bf16_check_agrees_with_torch_here():
+    caps = torch.cpu.get_capabilities()
+    assert dev.cpu_has_native_bf16() == bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 @pytest.mark.parametrize("name,expected", [

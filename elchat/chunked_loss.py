@@ -1,0 +1,117 @@
+"""Causal-LM loss without the full logits: a linear + cross-entropy computed chunk by chunk.
+
+The plain loss builds logits z = h W^T for every position (N = batch x (block - 1) rows, V
+columns) and keeps them (and their gradient) for the backward pass. In fp32 at 32 x 512 that is
+N x V x 4 bytes: 10 GB for Qwen's 151,936 rows, 17 GB for Gemma's 262,144 -- before the backward.
+
+Here the rows are processed in chunks of `chunk` positions. For a chunk with targets y:
+
+    z = h_c W^T (compute dtype),  lse = log sum_j exp z_j (fp32),  loss_c = sum_i (lse_i - z_{i,y_i})
+    dL/dz = (softmax(z) - onehot(y)) / N,   dL/dh_c = dL/dz W,   dL/dW += (dL/dz)^T h_c
+
+The gradients are formed in the forward pass (the chunk's logits are needed for them and are then
+dropped), stored, and handed out by `backward`: the FLOPs equal the unchunked loss (no recompute)
+and the peak extra memory is one chunk of logits instead of N x V. This is the idea of fused
+linear cross-entropy kernels (Liger-Kernel, Apple's cut-cross-entropy); written in torch here so it
+runs on any device, and exact to the unchunked loss up to fp32 summation order (tested).
+
+`ChunkedLossLM(model)` wraps a Hugging Face decoder-only model (`model.model` the decoder,
+`model.get_output_embeddings()` a bias-free Linear) so `wrapper(ids)` returns the mean next-token
+loss; models with another head (logit soft-capping, biases, scaled logits) keep Hugging Face's own
+loss (`supports_chunked_loss` says which).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(h_i W^T, y_i) with gradients formed chunk by chunk in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, dtype: torch.dtype):
+        n = hidden.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):  # precision is chosen here
+            for start in range(0, n, chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                y = targets[start:start + chunk]
+                logits = (h @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                if need_h or need_w:
+                    g = (logits - lse[:, None]).exp_()  # softmax, in place of the logits
+                    g[torch.arange(len(y), device=y.device), y] -= 1.0
+                    g = (g / n).to(dtype)
+                    if need_h:
+                        grad_h[start:start + chunk] = (g @ w).to(hidden.dtype)
+                    if need_w:
+                        grad_w += (g.t() @ h).float()
+        ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
+        ctx.has = (need_h, need_w)
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = list(ctx.saved_tensors)
+        grad_h = saved.pop(0) * grad_out if ctx.has[0] else None
+        grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype) if ctx.has[1] else None
+        return grad_h, grad_w, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy of logits `hidden @ weight.T` against `targets`, never all at once.
+
+    `hidden` (N, H), `weight` (V, H), `targets` (N,). The matmuls run in the autocast dtype when
+    autocast is on (bf16 training), else in `hidden`'s dtype; softmax and sums in fp32.
+    Example: `linear_cross_entropy(h, lm_head.weight, y)` == `F.cross_entropy(h @ lm_head.weight.T, y)`.
+    """
+    kind = hidden.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
+    return _LinearCrossEntropy.apply(hidden, weight, targets, int(chunk), dtype)
+
+
+def _base(model):
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_chunked_loss(model) -> bool:
+    """True when `model`'s logits are exactly `decoder(x) @ lm_head.weight.T` (no bias, scaling or
+    soft-capping), so `ChunkedLossLM` computes the same loss. Example: True for Llama/Qwen2/SmolLM2.
+    """
+    base = _base(model)
+    head = base.get_output_embeddings()
+    head = getattr(head, "original_module", head)  # peft modules_to_save wrapper
+    config = base.config
+    plain = all(getattr(config, k, None) in (None, 1.0) for k in
+                ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    return (isinstance(head, nn.Linear) and head.bias is None and plain
+            and isinstance(getattr(base, "model", None), nn.Module))
+
+
+class ChunkedLossLM(nn.Module):
+    """`model` whose forward(input_ids) returns the mean next-token loss via `linear_cross_entropy`.
+
+    Wrap before `accelerator.prepare` so DDP/FSDP see one module whose forward does all the work.
+    Example: `loss = ChunkedLossLM(model)(ids)`; equals `model(input_ids=ids, labels=ids).loss`.
+    """
+
+    def __init__(self, model, chunk: int = 4096):
+        super().__init__()
+        self.lm, self.chunk = model, chunk
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        base = _base(self.lm)
+        hidden = base.model(input_ids=input_ids).last_hidden_state[:, :-1]
+        head = base.get_output_embeddings()
+        weight = head.weight
+        targets = input_ids[:, 1:].reshape(-1)
+        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, targets, self.chunk)
