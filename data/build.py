@@ -15,8 +15,9 @@ Pipeline, per language:
    only if it is mostly in the language's script (`elchat.scripts`, the kit's one script table:
    the first word of each letter's Unicode name), and deduplicate on a normalized key
    (case/punctuation/whitespace folded) so near-identical strings cannot land in two splits.
-4. Choose test pairs (english, target) from the catalogs, drop every text document that contains a
-   test pair's English or target string, and drop their texts from the training pairs.
+4. Hold out whole packages for the test split (`holdout_sources`), choose test pairs (english,
+   target) from their catalogs, drop every text document that contains a test pair's English or
+   target string, and drop their texts from the training pairs.
 5. Split the documents with a fixed seed (test, valid by a character budget, the rest train) and
    write gzip files with mtime=0, so a rebuild from the same package versions is byte-identical.
 6. Record sha256/bytes/characters/lines per file and the packages (exact versions, licences) in
@@ -92,6 +93,7 @@ BUDGET = {"en": dict(test=150_000, valid=60_000, train=4_000_000),
           "target": dict(test=50_000, valid=20_000, train=4_000_000)}
 N_TEST_PAIRS = 600
 MAX_TRAIN_PAIRS = 60_000  # a seeded sample beyond this: Russian alone has 190k (15 MB of text)
+HOLDOUT_SHARE = 0.05  # a package giving more of a language's text is never held out for test
 
 
 # ----------------------------------------------------------------------------- packages
@@ -387,11 +389,11 @@ def read_chat() -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- assembly
-def collect(lang: str, roots: dict[str, Path]) -> tuple[list[tuple[str, str]], list[str], Counter, str]:
-    """Return (docs as (source, text)), pairs, per-package contribution counts, kind."""
+def collect(lang: str, roots: dict[str, Path]) -> tuple[list[tuple[str, str]], list, Counter, str]:
+    """Return (docs as (source, text)), pairs as (source, english, target), per-package counts, kind."""
     spec = LANGS[lang]
     docs: list[tuple[str, str]] = []  # (package, text)
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str]] = []  # (package, english, target)
     used: Counter = Counter()
     running = False
 
@@ -440,7 +442,7 @@ def collect(lang: str, roots: dict[str, Path]) -> tuple[list[tuple[str, str]], l
                 t = add(pkg, msgstr)
                 e = clean(msgid)
                 if t and t != e and keep(e, "en", 2, 0.8):
-                    pairs.append((e, t))
+                    pairs.append((pkg, e, t))
         for xpi in sorted(root.glob("usr/lib/firefox-esr/browser/extensions/*.xpi")):
             for v in read_xpi(xpi):
                 add(pkg, v)
@@ -467,17 +469,24 @@ def containing(strings: list[str], docs: list[str], k: int = 8) -> dict[str, set
     return hits
 
 
-def choose_test_pairs(pairs, docs, rng):
-    """Test pairs: one translation per English sentence-like string, rarely contained in texts."""
+def sentence_like(e: str, t: str) -> bool:
+    """A test-pair candidate: sentence-like English, no keyword lists ("a, b, c" / "a;b;"), no leftovers."""
+    return (len(e.split()) >= 3 and 20 <= len(e) <= 160 and len(t) >= 10 and ";" not in e
+            and e.count(",") < 3 and not re.search(r"[%$\\{}<>]", e + t))
+
+
+def choose_test_pairs(pairs, docs, rng, candidates=None):
+    """Test pairs: one translation per English sentence-like string, rarely contained in texts.
+
+    `candidates` (default `pairs`) are the pairs a test pair may come from (those of the held-out
+    sources); the training pairs are `pairs` minus every pair sharing a side with a test pair."""
     by_en: dict[str, Counter] = {}
-    for e, t in pairs:
+    for e, t in (pairs if candidates is None else candidates):
         by_en.setdefault(e, Counter())[t] += 1
     cands = []
     for e in sorted(by_en):
         t = sorted(by_en[e].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        # sentence-like English only: no keyword lists ("a, b, c" / "a;b;"), no leftovers
-        if (len(e.split()) >= 3 and 20 <= len(e) <= 160 and len(t) >= 10 and ";" not in e
-                and e.count(",") < 3 and not re.search(r"[%$\\{}<>]", e + t)):
+        if sentence_like(e, t):
             cands.append((e, t))
     rng.shuffle(cands)
     cands = cands[: N_TEST_PAIRS * 4]
@@ -497,6 +506,70 @@ def choose_test_pairs(pairs, docs, rng):
     test_t = {norm_key(t) for _, t in test}
     train = [(e, t) for e, t in pairs if norm_key(e) not in test_e and norm_key(t) not in test_t]
     return sorted(test), train, drop
+
+
+def holdout_sources(doc_src: dict[str, set], pair_src: dict[tuple, set], budget: int, n_pairs: int,
+                    rng) -> set[str]:
+    """Whole packages held out for the test split, so test text comes from catalogs never trained on.
+
+    Candidates are the UI-string packages that give at most `HOLDOUT_SHARE` of the language's
+    characters (the few big ones, LibreOffice say, are the bulk of training text and stay there);
+    in a seeded order they are held out until the text found only in held-out packages reaches
+    twice the test budget and their sentence-like pairs twice the test pairs (the test split then
+    draws from that pool after dropping near-duplicates of training text).
+    """
+    chars = Counter()
+    for d, pkgs in doc_src.items():
+        chars.update(dict.fromkeys(pkgs, len(d)))
+    total = sum(map(len, doc_src))
+    cands = sorted(p for p in chars if not RUNNING.match(p) and chars[p] <= HOLDOUT_SHARE * total)
+    rng.shuffle(cands)
+    docs_of, pairs_of = {}, {}
+    for d, pkgs in doc_src.items():
+        for pkg in pkgs:
+            docs_of.setdefault(pkg, []).append(d)
+    for pair, pkgs in pair_src.items():
+        for pkg in pkgs:
+            pairs_of.setdefault(pkg, []).append(pair)
+    held: set[str] = set()
+    text = pairs = 0
+    for pkg in cands:
+        if text >= 2 * budget and pairs >= 2 * n_pairs:
+            break
+        held.add(pkg)  # a string counts once all of its packages are held out
+        text += sum(len(d) for d in docs_of.get(pkg, ()) if doc_src[d] <= held)
+        pairs += sum(sentence_like(*pr) for pr in pairs_of.get(pkg, ()) if pair_src[pr] <= held)
+    return held
+
+
+def dedup_sources(docs_src: list[tuple[str, str]]) -> tuple[list[str], dict, dict[str, set]]:
+    """Documents deduplicated on the normalized key (first occurrence wins), the first package of
+    each and the set of every package that gave the same key (for held-out sources)."""
+    first: dict[str, str] = {}
+    sources: dict[str, set] = {}
+    docs, origin = [], {}
+    for pkg, d in docs_src:
+        k = norm_key(d)
+        if not k:
+            continue
+        if k not in first:
+            first[k] = d
+            docs.append(d)
+            origin[d] = pkg
+        sources.setdefault(k, set()).add(pkg)
+    return docs, origin, {d: sources[norm_key(d)] for d in docs}
+
+
+def test_split_note(lang: str, held: set[str], test_docs: list[str], doc_src: dict) -> dict:
+    """How this language's test split differs from its training split (recorded in the manifest)."""
+    if not held:
+        return {"held_out_sources": [], "how": "documents of the same sources as train (English: "
+                "Bible chapters, fortunes, man pages, help paragraphs; no document in two splits)"}
+    counts = Counter(p for d in test_docs for p in doc_src[d])
+    return {"held_out_sources": sorted(held), "test_documents_per_source": dict(sorted(counts.items())),
+            "how": f"test text and test pairs come only from {len(held)} whole packages that give no "
+                   "string to train/valid (a string also found in a training package is not test); "
+                   "valid is drawn from the training packages"}
 
 
 def split_docs(docs: list[str], budget: dict, min_len: int, rng) -> dict[str, list[str]]:
@@ -540,16 +613,14 @@ def build_lang(lang: str, manifest: dict) -> None:
     debs = download(pkgs)
     with ThreadPoolExecutor(2) as ex:
         roots = dict(zip(debs, ex.map(extract, debs.values())))
-    docs_src, pairs, used, kind = collect(lang, roots)
-    seen, docs, origin = set(), [], {}
-    for pkg, d in docs_src:  # dedup on the normalized key, first occurrence wins
-        k = norm_key(d)
-        if k and k not in seen:
-            seen.add(k)
-            docs.append(d)
-            origin[d] = pkg
+    docs_src, pair_rows, used, kind = collect(lang, roots)
+    docs, origin, doc_src = dedup_sources(docs_src)
+    pair_src: dict[tuple, set] = {}
+    for pkg, e, t in pair_rows:
+        pair_src.setdefault((e, t), set()).add(pkg)
+    pairs = sorted(pair_src)
     rng = random.Random(f"{SEED}-{lang}")
-    files = {}
+    files, held = {}, set()
     out = DATA / lang
     if lang == "en":
         splits = split_docs(docs, BUDGET["en"], 200, rng)
@@ -558,11 +629,17 @@ def build_lang(lang: str, manifest: dict) -> None:
         files["chat.jsonl.gz"] = file_entry(out / "chat.jsonl.gz")
         used["chatterbot-corpus"] = len(chat)
     else:
-        test_pairs, train_pairs, drop = choose_test_pairs(pairs, docs, rng)
+        held = holdout_sources(doc_src, pair_src, BUDGET["target"]["test"], N_TEST_PAIRS, rng)
+        in_held = [(e, t) for e, t in pairs if pair_src[(e, t)] <= held]
+        out_held = [(e, t) for e, t in pairs if not pair_src[(e, t)] <= held]
+        test_pairs, train_pairs, drop = choose_test_pairs(out_held, docs, rng, candidates=in_held)
         if len(train_pairs) > MAX_TRAIN_PAIRS:
             train_pairs = sorted(rng.sample(train_pairs, MAX_TRAIN_PAIRS))
-        docs = [d for i, d in enumerate(docs) if i not in drop]
-        splits = split_docs(docs, BUDGET["target"], 20, rng)
+        kept = [d for i, d in enumerate(docs) if i not in drop]
+        budget = BUDGET["target"]
+        splits = split_docs([d for d in kept if not doc_src[d] <= held], dict(budget, test=0), 20, rng)
+        splits["test"] = split_docs([d for d in kept if doc_src[d] <= held],
+                                    dict(test=budget["test"], valid=0, train=0), 20, rng)["test"]
         for name, rows in (("train", train_pairs), ("test", test_pairs)):
             write_gz(out / f"pairs.{name}.tsv.gz", [f"{e}\t{t}" for e, t in rows])
             files[f"pairs.{name}.tsv.gz"] = file_entry(out / f"pairs.{name}.tsv.gz")
@@ -582,6 +659,7 @@ def build_lang(lang: str, manifest: dict) -> None:
     manifest.setdefault("languages", {})[lang] = {
         "name": LANGS[lang]["name"], "script": ", ".join(LANGUAGE_SCRIPTS[lang]), "kind": kind,
         "running_text_share_of_train": round(share, 3),
+        "test_split": test_split_note(lang, held, splits["test"], doc_src),
         "packages": {p: used[p] for p in sorted(used)},
         "files": {f"{lang}/{k}": v for k, v in sorted(files.items())},
     }
@@ -635,10 +713,20 @@ data.load_chat("train")          # English conversations for the micro chat mode
    Bengali, Myanmar, Gujarati, Sinhala, Tamil, Telugu, Cyrillic, Han, Latin for English).
 3. Documents are deduplicated on a normalized key (case folded, only letters and digits), so two
    strings differing in punctuation or case never land in two splits.
-4. Test pairs are chosen first (seeded); every document containing a test pair's English or target
-   text is removed, and training pairs sharing either side with a test pair are dropped.
-5. A seeded shuffle fills `test`, then `valid` by a character budget from documents of at least
-   20 characters (200 for English), the rest (up to a cap) is `train`.
+4. Held-out sources (target languages): whole packages are set aside for the test split, so a
+   test string comes from a catalog the model never trained on (strings from one catalog share
+   vocabulary, names and phrasing; an in-source split flatters every target-language number).
+   In a seeded order, UI-string packages giving at most 5% of the language's text are held out
+   until the text found only in them is twice the test budget and their sentence-like pairs twice
+   the 600 test pairs. A string that also occurs in a training package is not test text.
+   `manifest.json` lists each language's held-out packages (`test_split`); English has no held-out
+   source (its sources are four different genres), only no document in two splits.
+5. Test pairs are chosen (seeded) from the held-out packages' pairs; every document containing a
+   test pair's English or target text is removed, and training pairs sharing either side with a
+   test pair are dropped.
+6. A seeded shuffle fills `test` from the held-out packages' documents by a character budget, and
+   `valid` (same budget rule) then `train` (up to a cap) from the other packages' documents, all of
+   at least 20 characters (200 for English) for test and valid.
 
 ## Rebuild
 ```
@@ -694,6 +782,15 @@ def write_readme(manifest: dict) -> None:
                         + ", ".join(f"{p} ({n})" for p, n in top) + " | "
                         + ", ".join(f"{k} {v}" for k, v in fams.most_common()) + " |")
     total = sum(p.stat().st_size for p in DATA.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+    rows += ["", "How each test split differs from its training split:", "",
+             "| code | test split |", "|---|---|"]
+    for code in [c for c in LANGS if c in manifest["languages"]]:
+        note = manifest["languages"][code].get("test_split")
+        rows.append(f"| {code} | " + (
+            "same catalogs as train (built before held-out sources; rebuild with "
+            f"`python data/build.py --lang {code}`)" if note is None else
+            f"{len(note['held_out_sources'])} held-out packages: {note['how']}" if note["held_out_sources"]
+            else note["how"]) + " |")
     text = (README_HEAD + "## Sizes\n\n" + "\n".join(rows) + f"\n\nWhole `data/` directory: "
             f"{total / 1e6:.1f} MB.\n\n## Sources per language\n\nThe largest sources with the number "
             "of strings/paragraphs each gave (kept by the script filter, before deduplication), and "

@@ -252,3 +252,45 @@ def test_build_uses_the_one_script_table():
     assert build.script_letters is scripts.script_letters
     assert not hasattr(build, "SCRIPTS") and not hasattr(build, "in_script")
     assert set(build.LANGS) == set(scripts.LANGUAGE_SCRIPTS)
+
+
+def test_holdout_sources_hold_out_whole_small_ui_packages():
+    """Synthetic sources: the big package and running text are never held out; the held-out pool
+    stops once its exclusive text and sentence-like pairs reach twice the test needs; a string
+    shared with a training package is not exclusive to the pool."""
+    import random
+
+    build = _build_module()
+    doc_src = {f"big document {i:04d} " * 3: {"libreoffice-l10n-xx"} for i in range(400)}
+    doc_src.update({f"help paragraph {i}": {"gnome-user-docs"} for i in range(5)})
+    for p in range(12):
+        doc_src.update({f"pkg{p} string {i} ": {f"pkg{p}"} for i in range(10)})
+    doc_src["shared by pkg0 and pkg1 and big"] = {"pkg0", "pkg1", "libreoffice-l10n-xx"}
+    pair = ("Open the file you chose", "ፋይሉን ክፈት እባክህ")  # sentence-like by hand: >= 3 words, >= 10 chars
+    pair_src = {pair: {f"pkg{p}"} for p in range(12)} | {
+        (f"Save file number {p} now", f"ፋይል {p} አስቀምጥ አሁን"): {f"pkg{p}"} for p in range(12)}
+    budget = 2 * sum(len(f"pkg0 string {i} ") for i in range(10))  # two packages' text
+    held = build.holdout_sources(doc_src, pair_src, budget, n_pairs=1, rng=random.Random(0))
+    total = sum(map(len, doc_src))
+    assert "libreoffice-l10n-xx" not in held and "gnome-user-docs" not in held  # > 5% / running text
+    assert held <= {f"pkg{p}" for p in range(12)}
+    exclusive = sum(len(d) for d, pk in doc_src.items() if pk <= held)
+    assert exclusive >= 2 * budget and len(held) == 4  # 4 packages of equal text reach 2 x (2 packages)
+    assert all(len(d) <= 0.05 * total for d in doc_src if doc_src[d] <= held)
+    docs, origin, src = build.dedup_sources([("a", "Hello, World"), ("b", "hello world!"), ("b", "Other")])
+    assert docs == ["Hello, World", "Other"] and origin == {"Hello, World": "a", "Other": "b"}
+    assert src == {"Hello, World": {"a", "b"}, "Other": {"b"}}
+
+
+@pytest.mark.parametrize("lang", sorted(MANIFEST["languages"]))
+def test_test_split_says_how_it_differs_from_train(lang):
+    """Rebuilt languages record their held-out packages; their test text is none of train's."""
+    note = MANIFEST["languages"][lang].get("test_split")
+    if note is None:
+        pytest.skip(f"{lang}: built before held-out sources (data/README.md says so)")
+    assert note["how"]
+    if lang == "am":  # the default language is rebuilt with held-out sources
+        assert len(note["held_out_sources"]) >= 2
+    if note["held_out_sources"]:
+        assert set(note["test_documents_per_source"]) <= set(note["held_out_sources"])
+        assert not set(note["held_out_sources"]) & {"libreoffice-l10n-" + lang, "gnome-user-docs"}
