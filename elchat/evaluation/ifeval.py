@@ -12,15 +12,33 @@ IFEval defines them:
 - instruction-level accuracy: share of all instructions followed.
 An empty response follows nothing. Word counts use `\\w+` runs, sentences are split after
 `.`, `!` or `?` (IFEval uses nltk for both; these need no download and agree on plain prose).
+
+Generation budget: each prompt gets enough new tokens for a response that meets its length and
+format instructions, so the task measures instruction following, not truncation (a 48-token cap cuts
+an "at least 80 words" answer, and lets a rambling answer pass "less than 40 words"). `required_words`
+is the length the instructions ask for (words; sentences x `WORDS_PER_SENTENCE`, paragraphs x
+`WORDS_PER_PARAGRAPH`, bullets x `WORDS_PER_BULLET`, whichever is largest, "less than N" counted as N
+so that a longer answer can be seen to break it) plus `MARGIN_WORDS`; `token_budget` turns it into
+tokens with the model's own tokens per word on the prompts' English text, rounded up to a multiple of
+`BUDGET_STEP` (prompts of one budget generate as one batch) and never below the run's
+`max_new_tokens`. The budgets used are recorded in the results' notes.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import lru_cache
 from importlib import resources
 
 from .results import mean_metric
+
+
+WORDS_PER_SENTENCE = 12   # a plain English sentence
+WORDS_PER_PARAGRAPH = 40  # two or three sentences
+WORDS_PER_BULLET = 8      # one short line
+MARGIN_WORDS = 15         # title, postscript, quoted or fixed ending
+BUDGET_STEP = 32
 
 
 def count_words(text: str) -> int:
@@ -159,11 +177,56 @@ def load_prompts() -> list[dict]:
     return [dict(p) for p in _load()]
 
 
+def required_words(prompt: dict) -> int:
+    """Words a response needs room for to meet (or visibly break) the prompt's length instructions.
+
+    Example: `required_words({"instruction_id_list": ["length_constraints:number_words"],
+    "kwargs": [{"relation": "at least", "num_words": 80}]}) == 80 + MARGIN_WORDS`.
+    """
+    need = 0
+    for iid, kw in zip(prompt["instruction_id_list"], prompt["kwargs"], strict=True):
+        kw = kw or {}
+        need = max(need, kw.get("num_words", 0), kw.get("num_sentences", 0) * WORDS_PER_SENTENCE,
+                   kw.get("num_paragraphs", 0) * WORDS_PER_PARAGRAPH, kw.get("num_bullets", 0) * WORDS_PER_BULLET)
+    return need + MARGIN_WORDS
+
+
+def tokens_per_word(tokenizer, texts) -> float:
+    """The tokenizer's tokens per `count_words` word on `texts`. Example: `tokens_per_word(tok, ["a b"])`."""
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return tokens / max(1, sum(count_words(t) for t in texts))
+
+
+def token_budget(prompt: dict, per_word: float, floor: int) -> int:
+    """New tokens for `prompt`: `required_words` x `per_word`, rounded up to BUDGET_STEP, >= floor.
+
+    Example: `token_budget(p, 1.3, 48)` -> 128 for an "at least 80 words" prompt.
+    """
+    tokens = math.ceil(required_words(prompt) * per_word / BUDGET_STEP) * BUDGET_STEP
+    return max(int(floor), tokens)
+
+
+def _generate(ctx, prompts: list[dict]) -> list[str]:
+    """Greedy responses, each prompt with its `token_budget` (one batch run per budget)."""
+    per_word = tokens_per_word(ctx.tokenizer, [p["prompt"] for p in prompts])
+    budgets = [token_budget(p, per_word, ctx.max_new_tokens) for p in prompts]
+    responses = [""] * len(prompts)
+    for budget in sorted(set(budgets)):
+        idx = [i for i, b in enumerate(budgets) if b == budget]
+        out = ctx.generate([ctx.prompt(prompts[i]["prompt"]) for i in idx], max_new_tokens=budget,
+                           desc=f"ifeval ({budget} tokens)")
+        for i, r in zip(idx, out, strict=True):
+            responses[i] = r["text"]
+    if budgets:
+        ctx.notes.append(f"ifeval: token budget per prompt {min(budgets)}-{max(budgets)} (median "
+                         f"{sorted(budgets)[len(budgets) // 2]}; {per_word:.2f} tokens/word)")
+    return responses
+
+
 def run(ctx) -> dict:
-    """Generate a response per prompt (chat template, greedy) and score it."""
+    """Generate a response per prompt (chat template, greedy, a budget that fits its instructions) and score it."""
     prompts = ctx.take(load_prompts())
-    responses = [r["text"] for r in ctx.generate([ctx.prompt(p["prompt"]) for p in prompts],
-                                                  desc="ifeval")]
+    responses = _generate(ctx, prompts)
     ctx.samples["ifeval"] = [{"prompt": p["prompt"], "response": r}
                              for p, r in zip(prompts[:3], responses[:3])]
     return score(prompts, responses, ctx.seed)
