@@ -10,7 +10,10 @@
   `load_model` downloads when it is called (that needs network);
 - a local HF directory: returned as itself.
 
-Loading is safetensors-only and never runs repository code unless `trust_remote_code=True`.
+`resolve_model_dir` is the one rule every command applies to a model argument (preset, directory
+or hub id -> a checked local directory). Loading (`load_model`, `load_tokenizer`, defined in
+`elchat.model_files` and re-exported here) is strict and safetensors-only, and never runs
+repository code unless `trust_remote_code=True`.
 Stage 00 (`prepare_sources`) resolves the run's preset this way and records the pair in the run's
 `00_source/sources.json` (`elchat.runs`), which every later stage reads.
 """
@@ -20,10 +23,11 @@ import json
 import os
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from huggingface_hub import snapshot_download
 
 from . import gguf_convert, micro, runs
-from .device import pick_device, pick_dtype
+from .errors import UserError
+from .model_files import check_model_dir, load_model, load_tokenizer  # noqa: F401 (the kit's loaders)
 from .paths import cache_dir, is_hub_id, models_cache
 from .presets import PRESETS, get_preset
 
@@ -35,17 +39,8 @@ def _hub_allowed(allow_hub: bool) -> bool:
 
 
 def _check_model_dir(path: Path) -> Path:
-    """A clear error for a directory that `from_pretrained` could not (safely) read."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist; pass a preset "
-                                f"({', '.join(PRESETS)}), a model directory or a hub id owner/name")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
-    if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin")) or ["no weights"]
-        raise FileNotFoundError(f"{path} has no *.safetensors weights (found: {', '.join(found)}); "
-                                "the kit loads safetensors only — convert the checkpoint first")
-    return path
+    """A clear error for a directory that `from_pretrained` could not (safely, strictly) read."""
+    return check_model_dir(path)
 
 
 def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: bool = False) -> dict:
@@ -83,37 +78,27 @@ def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: b
                      "directory, or a hub id owner/name")
 
 
-def _resolve(path) -> str:
-    """A local dir (checked) or a hub id, as `from_pretrained` wants it."""
-    name = os.fspath(path)
-    if Path(name).expanduser().exists() or not is_hub_id(name):
-        return str(_check_model_dir(Path(name).expanduser()))
-    return name
+# What a hub snapshot needs: weights (safetensors only), configs, tokenizer and chat-template files.
+_HUB_FILES = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
-def load_model(path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """A causal LM from a directory or hub id, on the picked device and dtype, in eval mode.
+def resolve_model_dir(name_or_path, allow_hub: bool = False, tokenizer: bool = True) -> Path:
+    """The one model-argument rule of every command: a preset's chat model, a local directory or a
+    hub id, as a checked local directory (safetensors covering the architecture, tokenizer files).
 
-    Example: `model = load_model(fetch("micro")["chat"], device="cpu")`.
+    A hub id (or a hub preset such as `qwen2.5-0.5b`) is downloaded into the Hugging Face cache
+    (safetensors and small files only): naming it is the user's permission to reach the hub.
+    Example: `resolve_model_dir("smollm2-135m")` -> `~/.cache/elchat/models/smollm2-135m-instruct`.
     """
-    dev = pick_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        _resolve(path), dtype=pick_dtype(dev, dtype), use_safetensors=True,
-        trust_remote_code=trust_remote_code)
-    return model.to(dev).eval()
-
-
-def load_tokenizer(path, trust_remote_code: bool = False):
-    """The tokenizer saved with a model (directory or hub id).
-
-    Example: `tok = load_tokenizer(fetch("smollm2-135m")["chat"])`.
-    """
-    name = os.fspath(path)
-    if Path(name).expanduser().exists() or not is_hub_id(name):
-        name = str(Path(name).expanduser())
-        if not Path(name).is_dir():
-            raise FileNotFoundError(f"tokenizer directory {name} does not exist")
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    chat = fetch(name_or_path, allow_hub=allow_hub)["chat"]
+    if isinstance(chat, str) and not Path(chat).expanduser().exists() and is_hub_id(chat):
+        try:
+            chat = snapshot_download(chat, allow_patterns=_HUB_FILES)
+        except Exception as e:  # offline, unknown repository, gated model: say which and why
+            raise UserError(f"model {name_or_path!r}: hub id {chat} could not be downloaded "
+                            f"({type(e).__name__}: {e}); check the name and the network, or pass a "
+                            "local model directory") from e
+    return check_model_dir(Path(chat), tokenizer=tokenizer)
 
 
 def check_source_params(preset: str, size: str = "micro", steps: int = 0) -> dict | None:

@@ -51,9 +51,9 @@ def test_missing_and_unusable_dirs_fail_clearly(tmp_path, cache):
         models.fetch(empty)
     (empty / "config.json").write_text("{}")
     (empty / "pytorch_model.bin").write_bytes(b"pickle")
-    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors.*pytorch_model\.bin"):
+    with pytest.raises(UserError, match=r"no \*\.safetensors.*pytorch_model\.bin"):
         models.fetch(empty)
-    with pytest.raises(FileNotFoundError, match="safetensors"):
+    with pytest.raises(UserError, match="safetensors"):
         models.load_model(empty, device="cpu")
     with pytest.raises(ValueError, match="not a preset"):
         models.fetch("no-such-preset")
