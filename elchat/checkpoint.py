@@ -24,19 +24,32 @@ The reliability contract of `elchat.cpt.train` rests on three rules:
 On CPU a resumed run gives bitwise the weights of an uninterrupted one (tested in
 tests/test_cpt.py); on a GPU, nondeterministic kernels may differ in the last bits.
 
+**Several processes.** Under DDP every process holds the whole model, so the main process writes
+the checkpoint above alone. Under FSDP (or DeepSpeed ZeRO) each process holds a shard of the
+weights and of the optimizer state: `save_sharded_checkpoint` has every process write its shards
+(torch.distributed.checkpoint, trainable tensors only) into one temporary directory with a name all
+processes agree on, then the main process adds state.json + `complete` and renames it into place
+(same recovery as above). `full_state_dict` gathers the full weights for saving a model (a
+collective: every process calls it).
+
     save_checkpoint(out / "checkpoints" / "last", named, optimizer, scheduler, {"step": 3, ...})
     state = restore_checkpoint(find_checkpoint(out), named, optimizer, scheduler, config, n_blocks)
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_state_dict, set_state_dict)
+from torch.distributed.tensor import DTensor
 
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -131,6 +144,9 @@ def restore_checkpoint(path, named_trainable, optimizer, scheduler, config: dict
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     check_compatible(path, state, config, n_blocks, free)
+    if state.get("sharded"):
+        raise ValueError(f"cannot resume from {path}: it holds FSDP/DeepSpeed shards; resume "
+                         "with the same accelerate config and number of processes")
     weights = load_file(str(path / "trainable.safetensors"))
     if set(weights) != {n for n, _ in named_trainable}:
         raise ValueError(f"cannot resume from {path}: its trainable tensors do not match the model")
@@ -138,6 +154,101 @@ def restore_checkpoint(path, named_trainable, optimizer, scheduler, config: dict
         for n, p in named_trainable:
             p.copy_(weights[n])
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    return state
+
+
+def is_sharded(model) -> bool:
+    """True when `model`'s weights are split over processes (FSDP2 DTensors, or an FSDP1 wrapper).
+
+    Example: `is_sharded(torch.nn.Linear(2, 2)) is False`.
+    """
+    return (type(model).__name__ == "FullyShardedDataParallel"
+            or any(isinstance(p, DTensor) for p in model.parameters()))
+
+
+def full_state_dict(model) -> dict:
+    """The full, unsharded state dict of `model` on the CPU (every process calls it under FSDP).
+
+    Example: `state = full_state_dict(model)`; the main process then saves it.
+    """
+    if not is_sharded(model):
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+
+
+_TRAINABLE = StateDictOptions(ignore_frozen_params=True)
+
+
+def dcp_writer(model, optimizer):
+    """`write(directory)` for save_sharded_checkpoint: this process's shards of the trainable
+    tensors and optimizer state via torch.distributed.checkpoint."""
+    def write(directory: Path) -> None:
+        msd, osd = get_state_dict(model, optimizer, options=_TRAINABLE)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=directory)
+    return write
+
+
+def dcp_reader(model, optimizer):
+    """`read(directory)` for restore_sharded_checkpoint (the inverse of `dcp_writer`)."""
+    def read(directory: Path) -> None:
+        msd, osd = get_state_dict(model, optimizer, options=_TRAINABLE)
+        dcp.load({"model": msd, "optim": osd}, checkpoint_id=directory)
+        set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd,
+                       options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    return read
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` as atomic_dir does (the old one aside first; find_checkpoint
+    recovers a kill between the two renames)."""
+    old = path.parent / f".tmp-{path.name}-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_sharded_checkpoint(path, write, scheduler, state: dict, is_main: bool, barrier) -> None:
+    """Every process calls this: `write(directory)` stores its shards, the main process adds the
+    scheduler/RNG state and `complete`, then renames the directory to `path` (atomic).
+
+    Example: `save_sharded_checkpoint(out / "checkpoints/last", dcp_writer(model, opt), sched,
+    {"step": 3}, accelerator.is_main_process, accelerator.wait_for_everyone)`.
+    """
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-step{state['step']}"  # the same name on every process
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    write(tmp)
+    barrier()
+    if is_main:
+        rng_tensors, rng_meta = rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        atomic_write_json(tmp / "state.json", {**state, "scheduler": scheduler.state_dict(),
+                                               "rng": rng_meta, "sharded": True})
+        atomic_write_text(tmp / "complete", "ok\n")
+        _swap_in(tmp, path)
+    barrier()
+
+
+def restore_sharded_checkpoint(path, read, scheduler, config: dict, n_blocks: int,
+                               free=()) -> dict:
+    """Every process calls this: check the settings, `read(path)` its shards, restore the scheduler
+    and RNGs; returns the state. Example: `restore_sharded_checkpoint(p, dcp_reader(m, o), s, c, n)`.
+    """
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    check_compatible(path, state, config, n_blocks, free)
+    if not state.get("sharded"):
+        raise ValueError(f"cannot resume from {path}: it was written by a single-model run "
+                         "(DDP or one process); resume it the same way or resume=False")
+    read(path)
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
     return state

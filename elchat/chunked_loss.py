@@ -115,3 +115,28 @@ class ChunkedLossLM(nn.Module):
         weight = head.weight
         targets = input_ids[:, 1:].reshape(-1)
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, targets, self.chunk)
+
+
+class HuggingFaceLossLM(nn.Module):
+    """`model` whose forward(input_ids) returns Hugging Face's own mean next-token loss (full logits).
+
+    Example: `HuggingFaceLossLM(model)(ids) == model(input_ids=ids, labels=ids).loss`.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.lm = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, labels=input_ids).loss
+
+
+def loss_module(model, chunk: int = 4096) -> nn.Module:
+    """The module CPT trains: `ChunkedLossLM` where the head allows it and `chunk` > 0, else
+    `HuggingFaceLossLM`. Both keep `model`'s parameters under the prefix `lm.`.
+
+    Example: `loss = loss_module(model)(ids)`.
+    """
+    if chunk and supports_chunked_loss(model):
+        return ChunkedLossLM(model, chunk)
+    return HuggingFaceLossLM(model)

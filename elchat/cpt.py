@@ -59,14 +59,16 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer,
-                          get_cosine_schedule_with_warmup,
+from transformers import (AutoConfig, AutoTokenizer, get_cosine_schedule_with_warmup,
                           get_cosine_with_min_lr_schedule_with_warmup)
 
 from . import checkpoint, data, method, runs
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
+from .chunked_loss import loss_module
 from .device import pick_device, pick_dtype
+from .model_files import load_model  # strict loader; not via .models (models -> micro -> cpt)
 from .evaluation.bpc import bits_per_char
 from .packing import pack_blocks, token_stream
 
@@ -76,9 +78,12 @@ except ImportError:  # pragma: no cover - older accelerate
     compile_regions = None
 
 SNAPSHOTS = "snapshots"  # sub-directory of a run's output directory with its kept models
+TRACKER = "tracker"      # sub-directory with the experiment tracker's offline logs
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Changing these between a run and its resume does not change the trained weights.
-_RESUME_FREE = {"save_every", "compile", "cache_dir", "device"}
+_RESUME_FREE = {"save_every", "compile", "cache_dir", "device", "log_with"}
+TRACKERS = ("none", "tensorboard", "trackio")  # accelerate log_with backends (offline)
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)  # engines that split the weights
 LOG_COLUMNS = ["step", "tokens", "epoch", "lr", "train_loss", "valid_loss", "valid_bpc",
                "tokens_per_s", "elapsed_s"]
 # cpt_summary.json key -> column of the stage's summary.csv
@@ -133,7 +138,13 @@ class CPTConfig:
     eval_max_docs: int = 200             # validation documents used for loss and BPC
     seed: int = 0                        # data order, LoRA init, dropout
     device: str = "auto"                 # auto | cpu | cuda | mps  (elchat.device.pick_device)
-    dtype: str = "auto"                  # auto: bf16 autocast on capable GPUs, fp32 on CPU
+    dtype: str = "auto"                  # auto: bf16 autocast where native (Ampere+ GPUs, CPUs
+                                         # with AVX512-BF16/AMX), fp16 + loss scaling on older
+                                         # GPUs, else fp32; master weights always fp32
+    loss_chunk: int = 4096               # positions per chunk of the loss: never the full logits
+                                         # (elchat.chunked_loss); 0: Hugging Face's loss
+    log_with: str = "none"               # experiment tracker via accelerate: none, tensorboard,
+                                         # trackio (offline files under out_dir/tracker)
     gradient_checkpointing: bool = False  # trade ~30% compute for activation memory
     compile: bool = False                # torch.compile each decoder layer (regional; ~1.2x on CPU
                                          # after a compile of minutes, see benchmarks/)
@@ -156,7 +167,10 @@ class CPTConfig:
                              f"{method.TRANSITION_LAYERS}")
         if self.lr is None:
             self.lr = method.default_lr(self.strategy)
-        for name in ("max_steps", "max_tokens", "log_every", "eval_every", "save_every", "seed"):
+        if self.log_with not in TRACKERS:
+            raise ValueError(f"log_with={self.log_with!r}: expected one of {', '.join(TRACKERS)}")
+        for name in ("max_steps", "max_tokens", "log_every", "eval_every", "save_every", "seed",
+                     "loss_chunk"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
         for name in ("block_size", "batch_size", "grad_accum", "eval_max_docs", "lora_r"):
@@ -256,8 +270,13 @@ def apply_strategy(model, config: CPTConfig):
 
 
 def _mixed_precision(config: CPTConfig) -> tuple[bool, str]:
+    """(run on the CPU?, accelerate mixed_precision): the autocast precision over fp32 weights;
+    fp16 gets accelerate's loss scaler (GradScaler)."""
     device = pick_device(config.device)
-    dtype = pick_dtype(device, config.dtype)
+    dtype = pick_dtype(device, config.dtype, compute=True)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("dtype='fp16' on the CPU: fp16 autocast there is slow and needs loss "
+                         "scaling; use dtype='bf16' (or 'auto') or 'fp32'")
     mp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     return device.type == "cpu", mp
 
@@ -381,6 +400,7 @@ class _Run:
     window_step: int = 0                # step of the last train row
     source_dtype: torch.dtype = torch.float32  # dtype the model is saved in (as it came)
     snapshots: list = field(default_factory=list)  # [{"step", "tokens", "path"}] written so far
+    sharded: bool = False               # FSDP/DeepSpeed: weights split over the processes
 
 
 def _finished_summary(out_dir: Path, model_dir: Path, config: CPTConfig) -> dict | None:
@@ -408,13 +428,13 @@ def _setup_data(tokenizer, texts: list[str], valid_texts, config: CPTConfig) -> 
 
 
 def _setup_model(model_dir: Path, config: CPTConfig):
-    """(raw model, model to train, trainable (name, parameter) pairs): seeded fp32 load, freeze
-    per strategy, optional gradient checkpointing and regional compilation."""
+    """(raw model, model to train, trainable (name, parameter) pairs): seeded fp32 load (the
+    master weights), freeze per strategy, optional gradient checkpointing and regional
+    compilation, wrapped so that forward(ids) returns the loss (chunked where the head allows)."""
     random.seed(config.seed)  # LoRA init and dropout draw from these generators
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                 attn_implementation="sdpa")
+    model = load_model(model_dir, device="cpu", dtype="fp32")  # accelerate moves it
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -425,7 +445,7 @@ def _setup_model(model_dir: Path, config: CPTConfig):
         if compile_regions is None:
             raise ValueError("compile=True needs accelerate >= 1.7 (accelerate.utils.compile_regions)")
         trained = compile_regions(model)  # shares the parameters of `model`
-    return model, trained, named
+    return model, loss_module(trained, config.loss_chunk), named
 
 
 def _setup_optimizer(named: list, config: CPTConfig, processes: int):
@@ -438,12 +458,22 @@ def _setup_optimizer(named: list, config: CPTConfig, processes: int):
 
 
 def _resume_or_start(run: _Run, resume: bool) -> None:
-    """Continue from the last checkpoint, or forget what an earlier run left in `out_dir`."""
+    """Continue from the last checkpoint, or forget what an earlier run left in `out_dir`.
+    Called after `accelerator.prepare` (sharded engines restore into the prepared model)."""
+    accelerator = run.accelerator
+    if resume and accelerator.is_main_process:
+        checkpoint.find_checkpoint(run.out_dir)  # recover an interrupted rename, once
+    accelerator.wait_for_everyone()
     found = checkpoint.find_checkpoint(run.out_dir) if resume else None
-    if found is not None:
+    args = (_config_json(run.config), len(run.data.blocks))
+    if found is not None and run.sharded:
+        state = checkpoint.restore_sharded_checkpoint(
+            found, _shard_io(run, checkpoint.dcp_reader, accelerator.load_state), run.scheduler,
+            *args, free=_RESUME_FREE)
+    elif found is not None:
         state = checkpoint.restore_checkpoint(found, run.named, run.optimizer, run.scheduler,
-                                              _config_json(run.config), len(run.data.blocks),
-                                              free=_RESUME_FREE)
+                                              *args, free=_RESUME_FREE)
+    if found is not None:
         run.step, run.rows, run.window = state["step"], state["rows"], state["window"]
         run.snapshots = state.get("snapshots", [])
         run.resumed_from = run.step
@@ -452,23 +482,33 @@ def _resume_or_start(run: _Run, resume: bool) -> None:
         shutil.rmtree(run.out_dir / SNAPSHOTS, ignore_errors=True)
         for name in ("log.csv", "log.json"):
             (run.out_dir / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
+def _shard_io(run: _Run, dcp_io, accelerate_io):
+    """The shard writer/reader of a sharded engine: torch.distributed.checkpoint for FSDP,
+    accelerate's save_state/load_state for DeepSpeed (its engine saves its own ZeRO shards)."""
+    if run.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return lambda directory: accelerate_io(str(directory))
+    return dcp_io(run.model, run.optimizer)
 
 
 def _evaluate(run: _Run) -> dict:
-    """Validation loss on packed valid blocks and BPC (elchat.evaluation.bpc) on valid documents."""
+    """Validation loss on packed valid blocks and BPC (elchat.evaluation.bpc) on valid documents,
+    in the training precision (bf16 autocast where training uses it). Every process computes the
+    same numbers (under FSDP the forward is a collective, so all must take part)."""
     model, config, accelerator = run.model, run.config, run.accelerator
     valid_blocks = run.data.valid_blocks
     model.eval()
-    total = 0.0
-    with torch.no_grad():
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    with torch.no_grad(), accelerator.autocast():
         for i in range(0, len(valid_blocks), config.batch_size):
             ids = torch.from_numpy(np.asarray(valid_blocks[i:i + config.batch_size]).astype(np.int64))
-            ids = ids.to(accelerator.device)
-            total += model(input_ids=ids, labels=ids).loss.float().item() * len(ids)
-    out = {"valid_loss": total / len(valid_blocks)}
-    out["valid_bpc"] = bits_per_char(accelerator.unwrap_model(model), run.tokenizer,
-                                     run.data.valid_docs, max_length=config.block_size,
-                                     batch_size=config.batch_size)["bpc"]
+            total += model(ids.to(accelerator.device)).double() * len(ids)  # no per-batch sync
+        out = {"valid_loss": total.item() / len(valid_blocks)}
+        out["valid_bpc"] = bits_per_char(accelerator.unwrap_model(model).lm, run.tokenizer,
+                                         run.data.valid_docs, max_length=config.block_size,
+                                         batch_size=config.batch_size)["bpc"]
     model.train()
     return out
 
@@ -477,27 +517,30 @@ def _non_finite_loss(run: _Run, value: float, lr: float) -> FloatingPointError:
     last = checkpoint.find_checkpoint(run.out_dir)
     kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
     return FloatingPointError(
-        f"training loss is {value} at step {run.step + 1} (strategy {run.config.strategy}, "
+        f"training loss is {value} at step {run.step} (strategy {run.config.strategy}, "
         f"lr {lr:.3g}); stopped, {kept}. Lower lr, check the data or use "
         "dtype='fp32', then rerun (resume=True continues from the checkpoint)")
 
 
 def _train_step(run: _Run, lr: float) -> float:
-    """One optimizer step over `grad_accum` micro-batches; returns its mean loss."""
+    """One optimizer step over `grad_accum` micro-batches; returns its mean loss as a tensor.
+
+    No host sync: the loss stays on the device until the next log row (which checks it is
+    finite); a checkpoint is never written from non-finite weights (`_checkpoint`).
+    """
     config, accelerator = run.config, run.accelerator
     accum, micro, world = config.grad_accum, config.batch_size, accelerator.num_processes
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), device=accelerator.device)
     for a in range(accum):
+        # process r of w reads samples [(k * w + r) * micro, ...): the global batch of step k is
+        # the same blocks for any number of processes with the same batch * processes
         first = ((run.step * accum + a) * world + accelerator.process_index) * micro
-        ids = run.sampler.batch(first, micro).to(accelerator.device)
+        ids = run.sampler.batch(first, micro).to(accelerator.device, non_blocking=True)
         # gradients are all-reduced across processes once, on the last micro-batch
         with contextlib.nullcontext() if a == accum - 1 else accelerator.no_sync(run.model):
-            loss = run.model(input_ids=ids, labels=ids).loss
-            value = loss.item()
-            if not math.isfinite(value):
-                raise _non_finite_loss(run, value, lr)
+            loss = run.model(ids)
             accelerator.backward(loss / accum)
-        loss_sum += value / accum
+        loss_sum += loss.detach().float() / accum
     if config.max_grad_norm:
         accelerator.clip_grad_norm_([p for _, p in run.named], config.max_grad_norm)
     run.optimizer.step()
@@ -514,10 +557,12 @@ def _log_row(run: _Run, lr: float, bar) -> dict | None:
     """The train-loss row of this step (every `log_every` steps and the last), else None."""
     if not _due(run.config.log_every, run):
         return None
-    now = time.perf_counter()
     device = run.accelerator.device
-    mean = run.accelerator.reduce(torch.tensor(run.window[0] / run.window[1], device=device),
-                                  "mean").item()
+    local = torch.as_tensor(run.window[0], dtype=torch.float32, device=device) / run.window[1]
+    mean = run.accelerator.reduce(local, "mean").item()  # the one host sync per log row
+    now = time.perf_counter()
+    if not math.isfinite(mean):
+        raise _non_finite_loss(run, mean, lr)
     tokens = run.step * run.tokens_per_step
     tps = (run.step - run.window_step) * run.tokens_per_step / max(now - run.window_start, 1e-9)
     row = {"step": run.step, "tokens": tokens,
@@ -542,22 +587,32 @@ def _validation_row(run: _Run, row: dict | None, lr: float) -> dict | None:
 
 
 def _checkpoint(run: _Run, lr: float) -> None:
-    """Save a checkpoint every `save_every` steps (never the last: the final model follows)."""
-    config = run.config
-    if not (config.save_every and run.step % config.save_every == 0 and run.step < run.total
-            and run.accelerator.is_main_process):
+    """Save a checkpoint every `save_every` steps (never the last: the final model follows).
+
+    Every process takes part: the finiteness check is agreed by all (one all-reduce), then the
+    main process writes a single-model checkpoint, or all write their shards (FSDP/DeepSpeed).
+    """
+    config, accelerator = run.config, run.accelerator
+    if not (config.save_every and run.step % config.save_every == 0 and run.step < run.total):
         return
-    if not all(bool(torch.isfinite(p).all()) for _, p in run.named):  # never save a bad state
+    local = [p.to_local() if hasattr(p, "to_local") else p for _, p in run.named]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+    if accelerator.reduce(finite, "sum").item() < accelerator.num_processes:  # never save a bad state
         raise FloatingPointError(
             f"non-finite weights after step {run.step} (strategy {config.strategy}, lr "
             f"{lr:.3g}); stopped before checkpointing, the last good checkpoint "
             f"({checkpoint.find_checkpoint(run.out_dir) or 'none yet'}) is kept. Lower lr and rerun")
-    checkpoint.save_checkpoint(
-        run.out_dir / checkpoint.CHECKPOINTS / checkpoint.LAST, run.named, run.optimizer,
-        run.scheduler, {"step": run.step, "rows": run.rows, "window": run.window,
-                        "n_blocks": len(run.data.blocks), "config": _config_json(config),
-                        "snapshots": run.snapshots,
-                        "model_dir": str(run.model_dir)})
+    path = run.out_dir / checkpoint.CHECKPOINTS / checkpoint.LAST
+    state = {"step": run.step, "rows": run.rows, "window": [float(run.window[0]), run.window[1]],
+             "n_blocks": len(run.data.blocks), "config": _config_json(config),
+             "snapshots": run.snapshots, "model_dir": str(run.model_dir),
+             "processes": accelerator.num_processes}
+    if run.sharded:
+        checkpoint.save_sharded_checkpoint(
+            path, _shard_io(run, checkpoint.dcp_writer, accelerator.save_state), run.scheduler,
+            state, accelerator.is_main_process, accelerator.wait_for_everyone)
+    elif accelerator.is_main_process:
+        checkpoint.save_checkpoint(path, run.named, run.optimizer, run.scheduler, state)
 
 
 def _train_loop(run: _Run, bar) -> None:
@@ -582,24 +637,39 @@ def _train_loop(run: _Run, bar) -> None:
             run.rows.append(row)
             if run.accelerator.is_main_process:
                 _write_logs(run.out_dir, run.rows)
+            if run.config.log_with != "none":
+                run.accelerator.log({k: v for k, v in row.items() if v is not None}, step=run.step)
         _snapshot(run)  # before the checkpoint, whose state lists the snapshots written
         _checkpoint(run, lr)
 
 
-def _write_model(run: _Run, path: Path) -> None:
-    """Write the current full model (LoRA merged, in the source dtype) + tokenizer as an HF
-    directory at `path`, atomically, from the main process; the training weights stay fp32."""
-    model = run.raw_model
-    if run.config.strategy == "lora":  # merge a copy: the adapters keep training
-        model = copy.deepcopy(model).merge_and_unload()
-    state = {k: v.to(run.source_dtype) if v.is_floating_point() else v
-             for k, v in model.state_dict().items()}
-    if run.accelerator.is_main_process:
+def _saved_model(run: _Run, final: bool):
+    """The model as saved: LoRA merged (into a copy while training goes on), else the raw model."""
+    if run.config.strategy != "lora":
+        return run.raw_model
+    return (run.raw_model if final else copy.deepcopy(run.raw_model)).merge_and_unload()
+
+
+def _write_model(run: _Run, path: Path, model, extra=None) -> None:
+    """Write `model`'s current weights (in the source dtype) + tokenizer as an HF directory at
+    `path`, atomically, from the main process, then `extra(tmp)` (more files inside); the training
+    weights stay fp32. Under FSDP/DeepSpeed the shards are gathered first (every process calls
+    this; only the main process writes)."""
+    accelerator = run.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        state = accelerator.get_state_dict(run.model)  # ZeRO-3 gathers to the main process
+        state = {k.removeprefix("lm."): v for k, v in state.items()}
+    else:
+        state = checkpoint.full_state_dict(model)
+    if accelerator.is_main_process:
+        state = {k: v.to(run.source_dtype) if v.is_floating_point() else v for k, v in state.items()}
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp, state_dict=state)
             run.tokenizer.save_pretrained(tmp)
             _fix_config(tmp, run.source_dtype)
-    run.accelerator.wait_for_everyone()
+            if extra is not None:
+                extra(tmp)
+    accelerator.wait_for_everyone()
 
 
 def _fix_config(model_dir: Path, dtype: torch.dtype) -> None:
@@ -618,17 +688,18 @@ def _snapshot(run: _Run) -> None:
     if run.step not in run.config.snapshot_steps(run.total):
         return
     rel = f"{SNAPSHOTS}/step-{run.step}"
-    _write_model(run, run.out_dir / rel)
+    _write_model(run, run.out_dir / rel, _saved_model(run, final=False))
     run.snapshots = [s for s in run.snapshots if s["step"] != run.step] + [
         {"step": run.step, "tokens": run.step * run.tokens_per_step, "path": rel}]
 
 
-def _keep_snapshots(run: _Run, tmp: Path) -> None:
-    """Hard-link the snapshots into the final directory (no copy; the old tree keeps them until
-    the final rename, so a kill here loses nothing)."""
-    src = run.out_dir / SNAPSHOTS
-    if run.snapshots and src.is_dir():
-        shutil.copytree(src, tmp / SNAPSHOTS, copy_function=_link_or_copy)
+def _keep_dirs(run: _Run, tmp: Path) -> None:
+    """Hard-link the snapshots and tracker logs into the final directory (no copy; the old tree
+    keeps them until the final rename, so a kill here loses nothing)."""
+    for name in (SNAPSHOTS, TRACKER):
+        src = run.out_dir / name
+        if src.is_dir() and (name != SNAPSHOTS or run.snapshots):
+            shutil.copytree(src, tmp / name, copy_function=_link_or_copy)
 
 
 def _link_or_copy(src, dst):
@@ -655,6 +726,7 @@ def _summary(run: _Run, final) -> dict:
         if train_rows else None,
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
         "resumed_from_step": run.resumed_from, "processes": run.accelerator.num_processes,
+        "precision": run.accelerator.mixed_precision,  # "bf16"/"fp16" autocast, "no": fp32
         "snapshots": sorted(run.snapshots, key=lambda s: s["step"]),
         "config": _config_json(run.config),
     }
@@ -668,20 +740,16 @@ def _source_dtype(model_config) -> torch.dtype:
 
 
 def _finalize(run: _Run) -> dict:
-    """Merge LoRA, restore the source dtype, write model + logs + summary atomically at `out_dir`."""
-    final = run.raw_model.merge_and_unload() if run.config.strategy == "lora" else run.raw_model
-    final.config.use_cache = True
-    if run.source_dtype != torch.float32:  # fp32 master weights, saved as they came
-        final = final.to(run.source_dtype)
+    """Merge LoRA, write the model (source dtype, fp32 master weights cast once) + logs + summary
+    atomically at `out_dir`, replacing the logs and checkpoints there: once, by the main process."""
+    final = _saved_model(run, final=True)
     summary = _summary(run, final)
-    if run.accelerator.is_main_process:
-        with atomic_dir(run.out_dir) as tmp:  # replaces logs + checkpoints with the final model
-            final.save_pretrained(tmp)
-            run.tokenizer.save_pretrained(tmp)
-            _keep_snapshots(run, tmp)
-            _write_logs(tmp, run.rows)
-            atomic_write_json(tmp / "cpt_summary.json", summary)
-    run.accelerator.wait_for_everyone()
+
+    def logs_and_summary(tmp: Path) -> None:
+        _keep_dirs(run, tmp)
+        _write_logs(tmp, run.rows)
+        atomic_write_json(tmp / "cpt_summary.json", summary)
+    _write_model(run, run.out_dir, final, logs_and_summary)
     return summary
 
 
@@ -701,21 +769,56 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
     finished = _finished_summary(out_dir, model_dir, config) if resume else None
     if finished is not None:
         return finished
-    corpus = _setup_data(tokenizer, texts, valid_texts, config)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    accelerator = _accelerator(config, cpu, mixed_precision, out_dir)
+    with accelerator.main_process_first():  # one process tokenizes, the others read the cache
+        corpus = _setup_data(tokenizer, texts, valid_texts, config)
     raw_model, model, named = _setup_model(model_dir, config)
     optimizer, scheduler, total, tokens_per_step = _setup_optimizer(
         named, config, accelerator.num_processes)
     run = _Run(config, model_dir, out_dir, tokenizer, corpus, accelerator, raw_model, model, named,
                optimizer, scheduler, total, tokens_per_step, _Blocks(corpus.blocks, config.seed))
     run.source_dtype = _source_dtype(model_config)
+    _prepare(run)
     _resume_or_start(run, resume)
-    run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
+    _start_tracker(run)
     with tqdm(total=total, initial=run.step, desc=f"cpt {config.strategy}", unit="step",
               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True) as bar:
         _train_loop(run, bar)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # flushes the tracker before the final directory is written
     return _finalize(run)
+
+
+def _accelerator(config: CPTConfig, cpu: bool, mixed_precision: str, out_dir: Path) -> Accelerator:
+    """The accelerate engine: `accelerate launch --config_file configs/accelerate/<x>.yaml` picks
+    DDP/FSDP/DeepSpeed and the process count; `config.dtype` picks the precision."""
+    tracker = None if config.log_with == "none" else config.log_with
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=tracker,
+                              project_dir=str(out_dir / TRACKER) if tracker else None)
+    if config.strategy == "lora" and accelerator.distributed_type in SHARDED:
+        raise ValueError("strategy='lora' under FSDP/DeepSpeed is not supported (LoRA merges need "
+                         "the whole model); use a DDP or single-GPU accelerate config")
+    return accelerator
+
+
+def _prepare(run: _Run) -> None:
+    """Wrap model and optimizer for the engine; under FSDP the trained tensors become shards, so
+    the trainable list is taken again from the wrapped model."""
+    accelerator = run.accelerator
+    run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
+    inner = accelerator.unwrap_model(run.model)
+    run.sharded = (accelerator.distributed_type in SHARDED or checkpoint.is_sharded(inner))
+    if run.sharded:
+        run.named = [(n.removeprefix("lm."), p) for n, p in inner.named_parameters()
+                     if p.requires_grad]
+
+
+def _start_tracker(run: _Run) -> None:
+    """Open the tracker run (opt-in `log_with`; offline files under out_dir/tracker)."""
+    if run.config.log_with != "none":
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                for k, v in _config_json(run.config).items()}
+        run.accelerator.init_trackers("elchat-cpt", config=flat)
 
 
 def stage_plan(run, strategy: str = "2x2ls", base_strategy_lep: str = "embeddings",
@@ -762,7 +865,7 @@ def write_stage_summary(out_dir, summaries: dict) -> pd.DataFrame:
 
 def _texts_for_cli(args) -> tuple[list[str], list[str]]:
     if args.hub_dataset:  # hub corpora (MADLAD) have no valid split: hold part out
-        docs = data.load_hub_texts(args.hub_dataset, args.hub_config, split="train",
+        docs = data.load_hub_texts(args.hub_dataset, args.hub_config,
                                    max_docs=args.max_docs)
         return data.split_heldout(docs, args.eval_max_docs)
     if not args.lang:
