@@ -7,7 +7,7 @@ rank order, always the lowest-ranked applicable pair first. Expansion here:
 1. tokenize the target training text with the SOURCE tokenizer (its own normalizer, pre-tokenizer
    and model); for the Metaspace family, first add the target characters the vocabulary lacks
    (those fell back to bytes);
-2. write every old token as one private-use character and train an auxiliary BPE
+2. write every old token the target words use as one character and train an auxiliary BPE
    (`tokenizers.trainers.BpeTrainer`) on those strings, so the auxiliary merges continue exactly
    where the source tokenizer stopped (a BPE trained on raw text would learn merges whose parts
    the source glued differently, and those never fire);
@@ -51,8 +51,16 @@ from .embeddings import METHODS, resize_and_initialize, save_expanded
 from .errors import is_count
 from .models import fetch, load_model, load_tokenizer
 from .scripts import char_script, detect_scripts
+from .vocab_check import verify_expansion
 
-_PUA = 0xF0000  # supplementary private-use planes 15-16: one character per old token id
+# The auxiliary BPE sees each distinct old token of the target words as one character: the k-th
+# distinct token becomes chr(_SYMBOL_BASE + k). Code points from U+10000 on are neither whitespace
+# (the auxiliary pre-tokenizer splits there) nor surrogates, so a dense index (not the token id,
+# which overflows chr() for ids >= 1,048,576 - 65,536 in a private-use plane scheme) works for
+# any vocabulary size: it only counts the tokens the corpus actually uses.
+_SYMBOL_BASE = 0x10000
+_MAX_SYMBOLS = 0x110000 - _SYMBOL_BASE
+_ROUND_TRIP_DOCS = 500  # training documents checked for decode(encode(x)) == x without eval_texts
 _AUX_ATTEMPTS = 4  # auxiliary BPE trainings at most, each twice as large as the one before
 
 
@@ -123,18 +131,36 @@ def bytes_pin_target(data: bytes, scripts: frozenset) -> bool:
     return False
 
 
+def _components(node):
+    """Every component dict of a normalizer/pre-tokenizer/decoder, nested Sequences included."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _components(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _components(value)
+
+
 def _kind(state: dict) -> str:
-    """'byte' (ByteLevel BPE) or 'metaspace' (SentencePiece-style BPE with byte fallback)."""
+    """'byte' (ByteLevel BPE) or 'metaspace' (SentencePiece-style BPE with byte fallback).
+
+    Read from the parsed tokenizer.json (a search in a JSON dump would miss "▁", which the dump
+    escapes): SentencePiece style is a Metaspace pre-tokenizer (Llama-2, Mistral) or a normalizer
+    that replaces " " with "▁" (Gemma, legacy Llama-2/Mistral files with Prepend + Replace).
+    """
     model = state["model"]
     if model.get("type") != "BPE":
         raise ValueError(f"vocabulary expansion supports BPE tokenizers only; this one's model is "
                          f"{model.get('type')!r} (WordPiece/Unigram cannot take appended merges)")
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise ValueError("BPE with continuing_subword_prefix/end_of_word_suffix is not supported")
-    text = json.dumps([state.get("pre_tokenizer"), state.get("normalizer"), state.get("decoder")])
-    if '"ByteLevel"' in json.dumps(state.get("pre_tokenizer")):
+    if any(c.get("type") == "ByteLevel" for c in _components(state.get("pre_tokenizer"))):
         return "byte"
-    if model.get("byte_fallback") and ("Metaspace" in text or "\u2581" in text):
+    parts = [c for key in ("pre_tokenizer", "normalizer") for c in _components(state.get(key))]
+    metaspace = any(c.get("type") == "Metaspace" for c in parts) or any(
+        c.get("type") == "Replace" and c.get("content") == "\u2581" for c in parts)
+    if model.get("byte_fallback") and metaspace:
         return "metaspace"
     raise ValueError("unsupported BPE tokenizer: expected a ByteLevel pre-tokenizer (GPT-2/Llama-3 "
                      "style) or Metaspace/'▁' with byte_fallback (SentencePiece style)")
@@ -240,30 +266,39 @@ def _allowed_root(kind: str, token: str, scripts: frozenset) -> bool:
     return any(char_script(ch) in scripts for ch in token)
 
 
-def _pua_words(source: _Source, vocab: dict, texts, scripts: frozenset):
-    """(target words as strings of one private-use character per source token, with counts;
-    number of target words). Words the source keeps as one token have nothing to merge."""
+def _symbol_words(source: _Source, vocab: dict, texts, scripts: frozenset):
+    """(target words as strings of one symbol character per source token, with counts; the
+    symbol -> token string table; number of target words). Words the source keeps as one token
+    have nothing to merge. Example: "ሰላም" -> "\U00010000\U00010001" for two source tokens.
+    """
     work = json.loads(json.dumps(source.state))
     work["model"]["vocab"] = vocab
     backend = Tokenizer.from_str(json.dumps(work))
     words = _words(backend, texts, source.kind, scripts)
-    pua_counts = collections.Counter()
+    symbol_of: dict[str, str] = {}
+    counts = collections.Counter()
     for w, n in words.items():
-        ids = [t.id for t in backend.model.tokenize(w)]
-        if len(ids) > 1:
-            pua_counts["".join(chr(_PUA + i) for i in ids)] += n
-    return pua_counts, len(words)
+        pieces = [t.value for t in backend.model.tokenize(w)]
+        if len(pieces) > 1:
+            for p in pieces:
+                if p not in symbol_of:
+                    if len(symbol_of) >= _MAX_SYMBOLS:
+                        raise ValueError(f"the target words use more than {_MAX_SYMBOLS} distinct "
+                                         "source tokens; expand on a smaller corpus")
+                    symbol_of[p] = chr(_SYMBOL_BASE + len(symbol_of))
+            counts["".join(symbol_of[p] for p in pieces)] += n
+    return counts, {c: t for t, c in symbol_of.items()}, len(words)
 
 
-def _train_aux(pua_counts: dict, size: int, min_frequency: int) -> list[tuple[str, str]]:
+def _train_aux(symbol_counts: dict, size: int, min_frequency: int) -> list[tuple[str, str]]:
     aux = Tokenizer(BPE())
     aux.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    alphabet = {ch for w in pua_counts for ch in w}
+    alphabet = {ch for w in symbol_counts for ch in w}
     trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + size, min_frequency=min_frequency,
                                   show_progress=False, special_tokens=[])
 
     def batches(chunk=2000):
-        items = list(pua_counts.items())
+        items = list(symbol_counts.items())
         for i in range(0, len(items), chunk):
             yield [" ".join([w] * n) for w, n in items[i:i + chunk]]
 
@@ -308,16 +343,15 @@ def _auxiliary_merges(source: _Source, texts, scripts: frozenset, roots: list[st
     rejected or already-known merges left the budget unfilled and the corpus had more to give.
     """
     vocab = source.vocab_with(roots)
-    pua_counts, n_words = _pua_words(source, vocab, texts, scripts)
-    id_to_token = {i: t for t, i in vocab.items()}
+    symbol_counts, token_of, n_words = _symbol_words(source, vocab, texts, scripts)
 
-    def to_str(pua: str) -> str:
-        return "".join(id_to_token[ord(ch) - _PUA] for ch in pua)
+    def to_str(symbols: str) -> str:
+        return "".join(token_of[ch] for ch in symbols)
 
     budget = num_new_tokens - len(roots)
     size = budget + budget // 2 + 16
     for _attempt in range(_AUX_ATTEMPTS):
-        aux = _train_aux(pua_counts, size, min_frequency) if pua_counts else []
+        aux = _train_aux(symbol_counts, size, min_frequency) if symbol_counts else []
         tokens, merges, rejected = _accept_merges(
             source, [(to_str(x), to_str(y)) for x, y in aux], roots, scripts, num_new_tokens)
         if len(tokens) >= num_new_tokens or len(aux) < size:
@@ -335,7 +369,14 @@ def _write_tokenizer(source_tokenizer, source: _Source, new_tokens: list[str], n
     model = source.state["model"]
     string_merges = bool(model["merges"]) and isinstance(model["merges"][0], str)
     merges = list(model["merges"]) + [f"{a} {b}" if string_merges else [a, b] for a, b in new_merges]
-    state = {**source.state, "model": {**model, "vocab": source.vocab_with(new_tokens), "merges": merges}}
+    vocab = source.vocab_with(new_tokens)
+    # Special/added tokens that live only in `added_tokens` (Llama-3, Qwen) are entered in the
+    # model's vocabulary at their own ids: with a hole there, the reload would renumber them after
+    # the enlarged vocabulary (<|eot_id|> 128009 -> 133009) and new ids would collide with them.
+    # BPE never produces them (no merge builds them; the pre-tokenizer splits "<|...|>").
+    for added in source.state.get("added_tokens", []):
+        vocab.setdefault(added["content"], added["id"])
+    state = {**source.state, "model": {**model, "vocab": vocab, "merges": merges}}
     with tempfile.TemporaryDirectory() as tmp:
         source_tokenizer.save_pretrained(tmp)
         Path(tmp, "tokenizer.json").write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
@@ -343,12 +384,15 @@ def _write_tokenizer(source_tokenizer, source: _Source, new_tokens: list[str], n
 
 
 def expand_vocabulary(source_tokenizer, target_texts, num_new_tokens: int, *, min_frequency: int = 2,
-                      eval_texts=None, scripts=None):
+                      eval_texts=None, scripts=None, guard_texts: dict | None = None):
     """Append up to `num_new_tokens` target-language BPE tokens (with merges) to a fast BPE tokenizer.
 
     Returns `(new_tokenizer, info)`; old ids, special/added tokens and the chat template are kept,
-    new ids follow the old vocabulary, and text without target-script characters tokenizes as
-    before (see the module docstring). `scripts` overrides the detected target scripts.
+    new ids follow the highest old id (specials included), and text without target-script
+    characters tokenizes as before (see the module docstring). All of it is verified on the
+    tokenizer reloaded from disk (`elchat.vocab_check`; round trip on `eval_texts`, else on the
+    first training texts; `guard_texts` {name: texts} overrides English/code/shipped languages),
+    and a broken promise raises `UserError`. `scripts` overrides the detected target scripts.
     Example: `tok2, info = expand_vocabulary(tok, load_texts("am"), 5000)`.
     """
     texts = _check_inputs(target_texts, num_new_tokens)
@@ -371,7 +415,10 @@ def expand_vocabulary(source_tokenizer, target_texts, num_new_tokens: int, *, mi
             + (f" for scripts {sorted(scripts)}" if scripts else "; no non-Latin script detected")
             + "); returning the source tokenizer unchanged"))
     else:
-        new_tok = _write_tokenizer(source_tokenizer, source, tokens, merges)
+        new_tok = verify_expansion(
+            source_tokenizer, _write_tokenizer(source_tokenizer, source, tokens, merges),
+            first_id=source.first_id, num_added=len(tokens), scripts=scripts,
+            target_texts=eval_texts or texts[:_ROUND_TRIP_DOCS], guards=guard_texts)
         info.update(new_vocab_size=len(new_tok), new_tokens=tokens,
                     message=f"added {len(tokens)} tokens ({len(merges)} merges) for {sorted(scripts)}")
     if eval_texts:
