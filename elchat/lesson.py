@@ -20,6 +20,7 @@ nothing usable about the text); `MC_CHANCE` is 1 / the number of choices of the 
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -128,33 +129,34 @@ def trainable_table(model, layers) -> pd.DataFrame:
     return table
 
 
-def attribution(source_dir, cpt_dir, valid_docs, block_size: int, batch_size: int = 8,
-                device: str = "cpu") -> pd.DataFrame:
+def attribution(source_dir, cpt_dir, valid_texts, device: str = "cpu") -> pd.DataFrame:
     """Target bits/char of the source chat model, of Chat+VE before training and after CPT, on the
-    same validation documents CPT scored (`valid_docs`, windows of `block_size` tokens), each with
-    its tokenizer's uniform-guess baseline. Before/after CPT come from `cpt_dir/log.csv` (its first
-    and last `valid_bpc`); the source model is scored here the same way (`bits_per_char`).
+    validation documents CPT scored, each with its tokenizer's uniform-guess baseline.
 
-    Example: `attribution(chat, run / "02_cpt" / "chat_cpt", valid[:200], 512)["bpc"]`.
+    Before/after CPT come from `cpt_dir/log.csv` (its first and last `valid_bpc`); the source model is
+    scored here the same way (`bits_per_char` over the same non-empty documents, cut to the run's
+    `eval_max_docs`, in windows of its `block_size`, all read from `cpt_dir/cpt_summary.json`).
+    Example: `attribution(chat, run / "02_cpt" / "chat_cpt", valid_texts)["bpc"]`.
     """
+    config = json.loads((Path(cpt_dir) / "cpt_summary.json").read_text(encoding="utf-8"))["config"]
+    docs = [t for t in valid_texts if t and t.strip()][:config["eval_max_docs"]]
     log = pd.read_csv(Path(cpt_dir) / "log.csv").dropna(subset=["valid_bpc"])
-    expanded_tok = load_tokenizer(cpt_dir)
-    source_tok = load_tokenizer(source_dir)
+    expanded_tok, source_tok = load_tokenizer(cpt_dir), load_tokenizer(source_dir)
     source = load_model(source_dir, device=device).eval()
-    source_bpc = bits_per_char(source, source_tok, valid_docs, max_length=block_size,
-                               batch_size=batch_size)["bpc"]
+    source_bpc = bits_per_char(source, source_tok, docs, max_length=config["block_size"],
+                               batch_size=config["batch_size"])["bpc"]
     rows = [("source Chat", source_bpc, source_tok),
             ("Chat+VE, init only" if log["step"].iloc[0] == 0 else "Chat+VE, first evaluation",
              float(log["valid_bpc"].iloc[0]), expanded_tok),
             (f"Chat+VE after CPT (step {int(log['step'].iloc[-1])})", float(log["valid_bpc"].iloc[-1]),
              expanded_tok)]
-    return pd.DataFrame([{"model": name, "bpc": bpc, "vocabulary": len(tok),
-                          "tokens_per_char": tokens_per_char(tok, valid_docs),
-                          "uniform_bpc": uniform_bpc(len(tok), tokens_per_char(tok, valid_docs))}
+    return pd.DataFrame([{"model": name, "bpc": bpc, "vocabulary": len(tok), "n_docs": len(docs),
+                          "tokens_per_char": tokens_per_char(tok, docs),
+                          "uniform_bpc": uniform_bpc(len(tok), tokens_per_char(tok, docs))}
                          for name, bpc, tok in rows])
 
 
-def draw_attribution(ax, frame: pd.DataFrame, n_docs: int):
+def draw_attribution(ax, frame: pd.DataFrame):
     """Bars of `attribution`'s BPC with each model's uniform-guess baseline as a tick above/below it."""
     x = range(len(frame))
     ax.bar(x, frame["bpc"], color=["grey", "tab:orange", "tab:blue"][:len(frame)])
@@ -165,5 +167,5 @@ def draw_attribution(ax, frame: pd.DataFrame, n_docs: int):
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
     ax.set_xticks(list(x), frame["model"], fontsize=8)
     ax.set(ylabel="target bits per character (lower is better)",
-           title=f"What each step buys (n = {n_docs} validation documents)")
+           title=f"What each step buys (n = {frame['n_docs'].iloc[0]} validation documents)")
     ax.legend(fontsize=7)

@@ -125,8 +125,12 @@ def test_attribution_reads_the_cpt_log_and_adds_uniform_baselines(tiny_pair, tmp
     cpt_dir = tmp_path / "chat_cpt"
     shutil.copytree(tiny_pair["chat"], cpt_dir)
     pd.DataFrame({"step": [0, 1, 2], "valid_bpc": [9.0, None, 7.5]}).to_csv(cpt_dir / "log.csv", index=False)
-    docs = ["hello there", "a short text"]
-    frame = lesson.attribution(tiny_pair["chat"], cpt_dir, docs, block_size=16, batch_size=2)
+    config = {"eval_max_docs": 2, "block_size": 16, "batch_size": 2}
+    (cpt_dir / "cpt_summary.json").write_text(json.dumps({"config": config}))
+    docs = ["hello there", " ", "a short text", "not scored: past eval_max_docs"]
+    frame = lesson.attribution(tiny_pair["chat"], cpt_dir, docs)
+    docs = ["hello there", "a short text"]  # what CPT scored: non-empty documents, the first eval_max_docs
+    assert list(frame["n_docs"]) == [2, 2, 2]
     assert list(frame["bpc"].iloc[1:]) == [9.0, 7.5]
     assert frame["model"].iloc[2] == "Chat+VE after CPT (step 2)"
     tok = load_tokenizer(cpt_dir)
