@@ -32,7 +32,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import is_count
-from .paths import REPO_ROOT, data_dir
+from .packing import document_separator
+from .paths import REPO_ROOT, data_dir, is_hub_id
 
 LANGUAGES = {"en": "English", "am": "Amharic", "bn": "Bengali", "my": "Burmese", "gu": "Gujarati",
              "si": "Sinhala", "ta": "Tamil", "te": "Telugu", "ru": "Russian",
@@ -43,6 +44,10 @@ PAIR_SPLITS = ("train", "test")
 CHAT_SPLITS = ("train", "test")
 CHAT_TEST_SHARE = 10  # one conversation prompt in ten goes to the chat test split
 HELDOUT_SHARE = 20     # a corpus without a validation split holds out 1/20 of its documents
+# FLORES-200 / Belebele language codes (ISO 639-3 + script) of the kit's languages
+FLORES_CODES = {"en": "eng_Latn", "am": "amh_Ethi", "bn": "ben_Beng", "my": "mya_Mymr",
+                "gu": "guj_Gujr", "si": "sin_Sinh", "ta": "tam_Taml", "te": "tel_Telu",
+                "ru": "rus_Cyrl", "zh_TW": "zho_Hant"}
 
 
 def _rebuild_hint(lang: str) -> str:
@@ -205,18 +210,39 @@ def load_chat(split: str = "train", verify: bool = True) -> list[dict]:
     return [c for c in convs if _chat_split(c) == split]
 
 
-def load_hub_texts(dataset_id: str, config: str | None = None, split: str = "train",
+MADLAD_ID = "allenai/madlad-400"  # compared case-folded: the hub spells it allenai/MADLAD-400
+FLORES_ID = "openlanguagedata/flores_plus"  # FLORES-200's maintained successor (gated: log in)
+
+
+def hub_source(dataset_id: str, config: str | None = None, split: str | None = None) -> tuple[str, dict]:
+    """(path, `datasets.load_dataset` keyword arguments) for one hub corpus and language.
+
+    MADLAD-400 ships one folder per language with `clean` and `noisy` JSONL shards and a loading
+    script that `datasets` >= 4 no longer runs, so it is read through its data files; its split is
+    `clean` (the paper's) unless asked otherwise. Other datasets: `name=config`, `split` (default train).
+    Example: `hub_source("allenai/MADLAD-400", "am")[1]["data_files"] == {"train": "data/am/am_clean_*.jsonl.gz"}`.
+    """
+    if dataset_id.casefold() == MADLAD_ID:
+        if not config:
+            raise ValueError(f"{dataset_id}: name the language config, e.g. {dataset_id}:am")
+        files = f"data/{config}/{config}_{split or 'clean'}_*.jsonl.gz"
+        return dataset_id, {"data_files": {"train": files}, "split": "train"}
+    return dataset_id, {"name": config, "split": split or "train"}
+
+
+def load_hub_texts(dataset_id: str, config: str | None = None, split: str | None = None,
                    max_docs: int = 10000, text_field: str = "text") -> list[str]:
     """Stream up to `max_docs` non-empty documents of a `datasets` dataset (hub id or local path).
 
-    Only called when the user names a dataset, e.g.
-    `load_hub_texts("allenai/madlad-400", "am", split="clean", max_docs=5000)`.
+    Only called when the user names a dataset, e.g. `load_hub_texts("allenai/MADLAD-400", "am",
+    max_docs=5000)` (split `clean`, see `hub_source`).
     """
     if not is_count(max_docs, 1):
         raise ValueError(f"max_docs must be a positive integer, got {max_docs!r}")
     import datasets  # imported on use: only a user who names a hub corpus needs it (slow import)
 
-    stream = datasets.load_dataset(dataset_id, config, split=split, streaming=True)
+    path, kwargs = hub_source(dataset_id, config, split)
+    stream = datasets.load_dataset(path, streaming=True, **kwargs)
     docs: list[str] = []
     with tqdm(total=max_docs, desc=f"{dataset_id} docs", leave=False) as bar:
         for row in stream:
@@ -230,6 +256,116 @@ def load_hub_texts(dataset_id: str, config: str | None = None, split: str = "tra
                 if len(docs) >= max_docs:
                     break
     return docs
+
+
+def load_flores(lang: str, split: str = "devtest", dataset_id: str = FLORES_ID) -> list[tuple[str, str]]:
+    """(english, target) sentence pairs of FLORES-200 (`dev` or `devtest`), joined on sentence id.
+
+    Needs the hub (FLORES+ is gated: accept its terms and `huggingface-cli login`); one config per
+    language, e.g. `amh_Ethi` (`FLORES_CODES`). Example: `en, am = load_flores("am")[0]`.
+    """
+    _check_lang(lang, TARGET_LANGUAGES)
+    _check_split(split, ("dev", "devtest"))
+    import datasets  # imported on use: only FLORES users need it (slow import)
+
+    english, target = (datasets.load_dataset(dataset_id, FLORES_CODES[code], split=split)
+                       for code in ("en", lang))
+    by_id = {row["id"]: row["text"] for row in english}
+    pairs = [(by_id[row["id"]], row["text"]) for row in target if row["id"] in by_id]
+    if not pairs:
+        raise ValueError(f"{dataset_id} {split}: no sentence ids shared by eng_Latn and {FLORES_CODES[lang]}")
+    return pairs
+
+
+def as_dataset(lang_or_path: str | os.PathLike, split: str = "train"):
+    """A shipped split (or a text file) as a `datasets.Dataset` with one `text` column.
+
+    Pairs and chat have their own: `pairs_dataset`, `chat_dataset`. Example:
+    `as_dataset("am", "valid").map(lambda b: tok(b["text"]), batched=True)`.
+    """
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": load_texts(lang_or_path, split)})
+
+
+def pairs_dataset(lang: str, split: str = "test"):
+    """Parallel pairs as a `datasets.Dataset` (`english`, `target`). Example: `pairs_dataset("am")[0]`."""
+    import datasets
+
+    pairs = load_pairs(lang, split)
+    return datasets.Dataset.from_dict({"english": [p[0] for p in pairs], "target": [p[1] for p in pairs]})
+
+
+def chat_dataset(split: str = "train"):
+    """English conversations as a `datasets.Dataset` (`messages`, `category`)."""
+    import datasets
+
+    return datasets.Dataset.from_list(load_chat(split))
+
+
+def parse_corpus(spec: str | os.PathLike) -> tuple[str, ...]:
+    """What a corpus parameter names: `("shipped", code)`, `("file", path)` or
+    `("hub", dataset_id, config | None, split | None)` for `owner/name[:config[:split]]`.
+
+    Example: `parse_corpus("allenai/MADLAD-400:am") == ("hub", "allenai/MADLAD-400", "am", None)`.
+    """
+    text = str(spec).strip()
+    if text in LANGUAGES:
+        return ("shipped", text)
+    if Path(text).is_file():
+        return ("file", text)
+    head, *rest = text.split(":")
+    if is_hub_id(head) and len(rest) <= 2:
+        return ("hub", head, *(r or None for r in rest), *([None] * (2 - len(rest))))
+    raise ValueError(f"corpus {text!r}: not a shipped language ({', '.join(LANGUAGES)}), not an "
+                     "existing text file, and not a hub dataset `owner/name[:config[:split]]` "
+                     "(e.g. allenai/MADLAD-400:am)")
+
+
+def corpus_train_valid(spec: str | os.PathLike, max_valid_docs: int = 200,
+                       max_docs: int = 100_000) -> tuple[list[str], list[str]]:
+    """Training and validation documents of any corpus parameter (see `parse_corpus`): a shipped
+    language's splits, or a file / hub stream (`max_docs` documents) with `split_heldout`.
+
+    Example: `train, valid = corpus_train_valid("allenai/MADLAD-400:am", max_docs=5000)`.
+    """
+    kind, *rest = parse_corpus(spec)
+    if kind == "hub":
+        return split_heldout(load_hub_texts(rest[0], rest[1], rest[2], max_docs=max_docs), max_valid_docs)
+    return train_valid(rest[0], max_valid_docs)
+
+
+def corpus_summary(name: str, docs: list[str]) -> str:
+    """One line a notebook prints about its corpus. Example: `corpus_summary("am train", ["ab", "c"])`
+    == "am train: 2 documents, 3 characters"."""
+    return f"{name}: {len(docs):,} documents, {sum(map(len, docs)):,} characters"
+
+
+def pack_dataset(dataset, tokenizer, block_size: int, num_proc: int | None = None):
+    """Tokenize a `text` dataset and pack it into `block_size` blocks with two batched `.map`s.
+
+    The stream is the one `packing.token_stream` builds ([BOS when the tokenizer adds one] doc
+    <document separator> ...), cut into full blocks, the tail dropped (`group_texts` of Hugging
+    Face's run_clm.py, which the ElChat reference uses). Blocks cross batch boundaries as in one
+    stream because the second map runs over the whole dataset at once (`batch_size=None`).
+    Example: `pack_dataset(as_dataset("am"), tok, 512)["input_ids"][0]` has 512 ids.
+    """
+    sep = document_separator(tokenizer)
+    bos = tokenizer.bos_token_id
+    first = tokenizer("a")["input_ids"]
+    prefix = [bos] if bos is not None and first and first[0] == bos else []
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"ids": [prefix + list(x) + [sep] for x in ids]}
+
+    def group(batch):
+        stream = [t for doc in batch["ids"] for t in doc]
+        n = len(stream) // block_size
+        return {"input_ids": [stream[i * block_size:(i + 1) * block_size] for i in range(n)]}
+
+    tokens = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc)
+    return tokens.map(group, batched=True, batch_size=None, remove_columns=["ids"])
 
 
 def describe() -> str:

@@ -1,0 +1,98 @@
+"""lm-evaluation-harness bridge: the kit's local sets run through lm-eval offline on a tiny model and
+agree with the kit's own scorers on the same items; hub tasks fail clearly offline, before any work."""
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+from tokenizers import processors
+from transformers import AutoTokenizer
+
+from elchat import data
+from elchat.errors import UserError
+from elchat.evaluation import harness, mc, mt
+from elchat.evaluation.generate import Context, load
+from tests.conftest import make_chatml_tokenizer, make_tiny_model
+
+LANG, LIMIT = "am", 4
+
+
+@pytest.fixture(scope="module")
+def bos_model(tmp_path_factory):
+    """A tiny random Llama (hidden 32) whose tokenizer adds BOS, as Llama-3's does: then lm-eval
+    and the kit condition on the same first token (see the harness module docstring)."""
+    pairs = data.load_pairs(LANG, "test")
+    fast = make_chatml_tokenizer([t for p in pairs for t in p], vocab_size=600)
+    fast.bos_token = "<|endoftext|>"
+    fast.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)])
+    path = tmp_path_factory.mktemp("harness") / "bos_chat"
+    model = make_tiny_model(len(fast), tied=False, seed=5)
+    model.config.bos_token_id = 0
+    model.save_pretrained(path, safe_serialization=True)
+    fast.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path)("a")["input_ids"][0] == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm_eval_raw(bos_model, tmp_path_factory):
+    """lm-eval's own output (every sample) for the three local tasks, offline."""
+    lm = harness._lm(bos_model, 4, "cpu")
+    task_dir = harness.write_tasks(tmp_path_factory.mktemp("tasks"), harness.local_tasks(LANG), LANG,
+                                   chat=True, max_new_tokens=8)
+    return harness.run_lm_eval(lm, harness.local_tasks(LANG), task_dir, chat=True, limit=LIMIT)
+
+
+def test_mc_accuracy_equals_kit_scorer(bos_model, lm_eval_raw):
+    """Same items, same normalization (log-likelihood per character): equal accuracy."""
+    model, tok = load(bos_model, "cpu")
+    ctx = Context(model, tok, LANG, data.LANGUAGES[LANG], limit=LIMIT, batch_size=4)
+    kit = mc.run(ctx, data.load_pairs(LANG, "test"))["accuracy"]
+    got = harness.to_metrics(lm_eval_raw)[f"elchat_mc_{LANG}/acc_char"]
+    assert got["n"] == kit["n"] == LIMIT
+    assert got["value"] == pytest.approx(kit["value"])
+    assert got["stderr"] is not None and got["ci95"][0] <= got["value"] <= got["ci95"][1]
+
+
+def test_chrf_both_directions_equal_kit_scorer(lm_eval_raw):
+    """lm-eval's corpus chrF equals the kit's (sacrebleu) on the same hypotheses and references,
+    and the references are the shipped test pairs in order."""
+    pairs = data.load_pairs(LANG, "test")[:LIMIT]
+    for direction, refs in [("en2x", [t for _, t in pairs]), ("x2en", [e for e, _ in pairs])]:
+        task = f"elchat_mt_{LANG}_{direction}"
+        samples = sorted(lm_eval_raw["samples"][task], key=lambda s: s["doc_id"])
+        assert [s["doc"]["target"] for s in samples] == refs
+        hyps = [s["filtered_resps"][0] for s in samples]
+        assert lm_eval_raw["results"][task]["chrf,none"] == pytest.approx(mt.chrf(hyps, refs))
+        assert mt.chrf(hyps, refs) == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+def test_evaluate_models_joins_results_table(bos_model, tmp_path):
+    """Scores join results.csv (earlier rows kept) with standard-error intervals."""
+    (tmp_path / "results.csv").write_text("model,lang,task,metric,value,n,ci_low,ci_high,group,t\n"
+                                          "Chat,am,bpc,bpc,2.5,8,2.4,2.6,model,\n")
+    table = harness.evaluate_models({"Chat": bos_model}, LANG, tmp_path, f"elchat_mc_{LANG}", limit=4,
+                                    batch_size=4, device="cpu")
+    assert list(table["task"]) == ["bpc", "harness", "harness"]
+    assert set(table["metric"][1:]) == {f"elchat_mc_{LANG}/acc", f"elchat_mc_{LANG}/acc_char"}
+    assert (tmp_path / "results" / "Chat.harness.json").is_file()
+    row = table.iloc[2]
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+
+
+def test_no_network_names_hub_tasks_before_work(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="belebele_amh_Ethi.*hub"):
+        harness.evaluate_models({"Chat": tmp_path / "missing"}, "am", tmp_path, "belebele_amh_Ethi,local")
+    assert not any(tmp_path.iterdir())
+
+
+def test_task_sets_and_checks():
+    assert harness.resolve_tasks("local", "ta") == ["elchat_mt_ta_en2x", "elchat_mt_ta_x2en", "elchat_mc_ta"]
+    paper = harness.paper_tasks("am")
+    assert "belebele_amh_Ethi" in paper["target"] and "ifeval" in paper["chat"]
+    assert harness.is_chat_task("elchat_mt_am_en2x") and not harness.is_chat_task("elchat_mc_am")
+    with pytest.raises(UserError, match="paper:nope"):
+        harness.resolve_tasks("paper:nope", "am")
+    with pytest.raises(UserError, match="elchat_mc_ta"):
+        harness.check_params("elchat_mc_ta", "am", 0, 8, 8)
