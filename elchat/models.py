@@ -25,7 +25,7 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
-from . import gguf_convert, micro, runs
+from . import gguf_convert, micro, runs, tiny_families
 from .errors import UserError
 from .model_files import check_model_dir, load_model, load_tokenizer  # noqa: F401 (the kit's loaders)
 from .paths import cache_dir, is_hub_id, models_cache
@@ -61,6 +61,8 @@ def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: b
             raise ValueError(f"size={size!r} applies to the micro preset only, not {name!r}")
         chat = gguf_convert.convert_smollm2(cache_dir()) if name == "smollm2-135m" else preset.chat
         notes, base = preset.notes, preset.base
+        # tiny-<family> presets: random-weight pairs with real tokenizers, built offline once
+        chat, base = tiny_families.resolve(chat) or chat, tiny_families.resolve(base) or base
         if name == "smollm2-135m" and not _hub_allowed(allow_hub):
             base = None
             notes += (f"; no base model: {preset.base} exists only on the Hugging Face hub, so the "
