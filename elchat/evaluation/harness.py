@@ -42,7 +42,8 @@ from .. import data
 from ..atomic import atomic_write_text
 from ..device import pick_device
 from ..errors import UserError, is_count
-from . import mc, mt
+from . import mc
+from .generate import resolve_model
 from .results import load_results, metric, save_results, to_rows
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "harness_tasks"
@@ -269,6 +270,7 @@ def evaluate(model, lang: str, tasks, limit=None, batch_size: int = 8, device: s
     """
     tasks = check_params(tasks, lang, limit, batch_size, max_new_tokens)
     check_hub(tasks, lang)
+    model = model if isinstance(model, tuple) else resolve_model(model)
     lm = _lm(model, batch_size, device)
     chat = bool(getattr(lm.tokenizer, "chat_template", None))
     with tempfile.TemporaryDirectory(prefix="elchat-harness-") as tmp:
@@ -354,3 +356,35 @@ def load_harness_results(out_dir) -> dict:
     """`{model: results}` of every `results/*.harness.json` in a stage-04 folder."""
     return {p.name[: -len(".harness.json")]: load_results(p)
             for p in sorted((Path(out_dir) / "results").glob("*.harness.json"))}
+
+
+def cli_results(args, evaluate_kit) -> dict:
+    """`elchat eval`: the kit's tasks (`--tasks`; none when only `--harness-tasks` is given), then the
+    lm-eval tasks, in one result. Both are checked before either runs."""
+    if not args.harness_tasks:
+        return evaluate_kit(args.model, args.lang, args.tasks, args.limit, args.batch_size, args.seed,
+                            args.reference, args.device, args.max_new_tokens)
+    check_params(args.harness_tasks, args.lang, args.limit, args.batch_size, args.max_new_tokens)
+    check_hub(resolve_tasks(args.harness_tasks, args.lang), args.lang)
+    extra = evaluate(args.model, args.lang, args.harness_tasks, args.limit, args.batch_size, args.device,
+                     args.seed, args.max_new_tokens)
+    if not args.tasks:
+        return extra
+    res = evaluate_kit(args.model, args.lang, args.tasks, args.limit, args.batch_size, args.seed,
+                       args.reference, args.device, args.max_new_tokens)
+    res["tasks"]["harness"] = extra["tasks"]["harness"]
+    res["metadata"]["harness_tasks"] = extra["metadata"]["harness_tasks"]
+    res["metadata"]["samples"]["harness"] = extra["metadata"]["samples"]["harness"]
+    return res
+
+
+def check_stage_tasks(harness_tasks, lang: str, limit, batch_size, max_new_tokens) -> list[str]:
+    """Notebook 04's `harness_tasks` checked up front ([] when none; hub tasks need the hub).
+
+    Example: `check_stage_tasks([], "am", 8, 8, 32) == []`.
+    """
+    if not harness_tasks:
+        return []
+    names = check_params(harness_tasks, lang, limit, batch_size, max_new_tokens)
+    check_hub(names, lang)
+    return names

@@ -28,7 +28,7 @@ import torch
 from .. import data
 from ..atomic import atomic_write_text
 from ..errors import is_count
-from . import bpc, chat_format, ifeval, mc, mt, safety, speed
+from . import bpc, chat_format, harness, ifeval, mc, mt, safety, speed
 from .generate import Context, load, resolve_model
 from .results import CSV_COLUMNS, save_results, to_rows
 
@@ -40,10 +40,12 @@ TASKS = {
     "chat_format": "turn ending, no template leaks, requested language",
     "safety": "refusal of harmful / compliance with benign requests",
     "speed": "tokens per character, generation characters per second",
+    "harness": "the kit's mt/mc sets through lm-evaluation-harness (opt-in: not in the default list)",
 }
 # task -> the module whose `run(ctx, *inputs)` scores it (inputs: `_task_inputs`)
 TASK_MODULES = {"bpc": bpc, "mt": mt, "mc": mc, "ifeval": ifeval, "chat_format": chat_format,
-                "safety": safety, "speed": speed}
+                "safety": safety, "speed": speed,
+                "harness": harness}
 CHAT_TASKS = ("ifeval", "chat_format", "safety")
 PAIR_TASKS = ("mt", "mc")
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -67,7 +69,7 @@ def _load_pairs(lang, split="test"):
 def check_tasks(tasks, lang_is_file: bool = False) -> list[str]:
     """Validated task list (all tasks when None). Example: `check_tasks(["bpc"]) == ["bpc"]`."""
     if tasks is None:
-        return [t for t in TASKS if not (lang_is_file and t in PAIR_TASKS)]
+        return [t for t in TASKS if t != "harness" and not (lang_is_file and t in PAIR_TASKS)]
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -202,8 +204,7 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
 
 
 def _cli(args) -> int:
-    res = evaluate(args.model, args.lang, args.tasks, args.limit, args.batch_size, args.seed,
-                   args.reference, args.device, args.max_new_tokens)
+    res = harness.cli_results(args, evaluate)  # the kit's tasks, then --harness-tasks if given
     save_results(res, args.out)
     for row in to_rows(res):
         ci = "" if row["ci_low"] is None else f"  [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
@@ -225,4 +226,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="results JSON (a tidy CSV is written next to it)")
+    p.add_argument("--harness-tasks", default=None, help="lm-eval tasks or sets, comma-separated "
+                   "(e.g. belebele_amh_Ethi,ifeval or local, paper, paper:target); see README")
     p.set_defaults(func=_cli)
