@@ -120,6 +120,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     Example: `generate(model, tok, ["Hello"], max_new_tokens=8)[0]["text"]`.
     """
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:  # Mistral, Llama-3.0 ship no pad token (as `load` does)
+        tokenizer.pad_token = tokenizer.eos_token
     stops = stop_token_ids(tokenizer, stop_tokens)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=tokenizer.pad_token_id,
