@@ -17,8 +17,11 @@ tokenization is s_1..s_k (old ids) gets, separately for the input matrix E and t
 - `random`  transformers' `resize_token_embeddings(mean_resizing=True)`: a normal draw with the
             old rows' mean and covariance (Hewitt 2021), seeded by `seed`.
 
-Rows added only to pad the matrix to `pad_to_multiple_of` (GPU efficiency) get the mean of the old
-rows; the tokenizer never produces their ids. `save_expanded` writes the grown model, its tokenizer
+The matrix is padded to a multiple of `pad_to_multiple_of` rows (default `PAD_MULTIPLE` = 64:
+GPU matmul kernels, vLLM and llama.cpp expect it; `config.vocab_size` is the padded row count).
+Padding rows get the mean of the old rows: the tokenizer never produces their ids, so they only
+enter the softmax's normalizer, where the mean row gives a logit like an average token instead of
+an arbitrary one (zeros would give logit 0, possibly far above the typical logits). `save_expanded` writes the grown model, its tokenizer
 and the expansion record (`vocab_expansion.json`) as one atomic directory.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .method import INIT_METHODS
 
 METHODS = INIT_METHODS  # the one definition lives in elchat.method
 WHITESPACE_PENALTY = 0.1
+PAD_MULTIPLE = 64  # default row multiple of the grown matrices (None or 1: no padding)
 
 
 def new_token_sources(old_tokenizer, new_tokenizer) -> dict[int, list[int]]:
@@ -111,10 +115,11 @@ def new_rows(matrix: torch.Tensor, sources: dict[int, list[int]], method: str = 
 
 
 def resize_and_initialize(model, old_tokenizer, new_tokenizer, method: str = "mean",
-                          pad_to_multiple_of: int | None = None, seed: int = 0):
+                          pad_to_multiple_of: int | None = PAD_MULTIPLE, seed: int = 0):
     """Grow input/output embeddings to `new_tokenizer` and fill the new rows; returns the model.
 
-    Ties stay tied; old rows are bit-identical; `config.vocab_size` follows the new matrix.
+    Ties stay tied; old rows are bit-identical; rows are padded to a multiple of
+    `pad_to_multiple_of` (None: no padding); `config.vocab_size` follows the new matrix.
     Example: `resize_and_initialize(model, tok, tok2, method="mean", pad_to_multiple_of=64)`.
     """
     if method not in METHODS:
@@ -146,12 +151,11 @@ def resize_and_initialize(model, old_tokenizer, new_tokenizer, method: str = "me
     with torch.no_grad():
         for weight, old in pairs:
             weight[:old_n] = old  # bit-identical old rows, whatever resizing did
-            if method != "random":
-                if len(ids):
-                    rows = new_rows(old, sources, method, parts, tokens)
-                    weight[ids.to(weight.device)] = rows.to(weight.device, weight.dtype)
-                if len(pad):
-                    weight[pad.to(weight.device)] = old.float().mean(0).to(weight.dtype)
+            if method != "random" and len(ids):
+                rows = new_rows(old, sources, method, parts, tokens)
+                weight[ids.to(weight.device)] = rows.to(weight.device, weight.dtype)
+            if len(pad):  # every method: padding rows are the mean row (module docstring)
+                weight[pad.to(weight.device)] = old.float().mean(0).to(weight.dtype)
     if tied:
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     model.config.vocab_size = n

@@ -47,7 +47,7 @@ from tokenizers.models import BPE
 from transformers import AutoTokenizer
 
 from .data import is_corpus_file, load_texts
-from .embeddings import METHODS, resize_and_initialize, save_expanded
+from .embeddings import METHODS, PAD_MULTIPLE, resize_and_initialize, save_expanded
 from .errors import is_count
 from .models import fetch, load_model, load_tokenizer
 from .scripts import char_script, detect_scripts
@@ -429,7 +429,7 @@ def expand_vocabulary(source_tokenizer, target_texts, num_new_tokens: int, *, mi
 
 def write_expanded_model(source_dir, old_tokenizer, new_tokenizer, out_dir, method: str = "mean",
                          seed: int = 0, info: dict | None = None, device: str = "auto",
-                         dtype: str = "auto", pad_to_multiple_of: int | None = None) -> Path:
+                         dtype: str = "auto", pad_to_multiple_of: int | None = PAD_MULTIPLE) -> Path:
     """Load the model in `source_dir`, grow it to `new_tokenizer` with `method`-initialized rows
     and write it to `out_dir` atomically, with `vocab_expansion.json` = {**info, init, source}.
 
@@ -484,7 +484,8 @@ def register_cli(subparsers) -> None:
     e.add_argument("--new-tokens", type=int, default=5000, help="how many tokens to add at most")
     e.add_argument("--init", default="mean", help="embedding init: mean, merge, random, wmean")
     e.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
-    e.add_argument("--pad-to-multiple-of", type=int, default=None, help="pad the vocabulary (GPU)")
+    e.add_argument("--pad-to-multiple-of", type=int, default=PAD_MULTIPLE,
+                   help="pad the embedding rows to a multiple of this (GPU kernels, vLLM, llama.cpp)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, help="output model directory (written atomically)")
     e.set_defaults(func=_cmd_expand)
