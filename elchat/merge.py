@@ -65,9 +65,11 @@ from transformers import AutoTokenizer
 from . import runs
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
 from .chat_tokens import chat_special_tokens
+from .errors import UserError
 from .merge_math import CHUNK, angle, chat_vector, layer_index, lerp, module_name, slerp, tensor_t
 from .method import (CV_RATIO, ELCHAT_INTERPOLATE_BIASES, ELCHAT_OTHER_T, ELCHAT_T, LEP_DEFAULT_MODE,
                      LEP_MODES, TRANSITION_LAYERS, check_t, resolve_layers)
+from .model_files import check_model_dir
 from .shards import ShardedReader, ShardWriter
 
 _STRUCTURE = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -105,11 +107,16 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path, role: str) -> Checkpoint:
-        """The checkpoint in a Hugging Face model directory (a clear error when it is none)."""
+        """The checkpoint in a Hugging Face model directory (a clear error when it is none, holds
+        pickled weights only, or its tensors do not cover its architecture: `elchat.model_files`)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{role} model {path}: no config.json — expected a Hugging Face "
                                     "model directory (save_pretrained output)")
+        try:  # strict as every loader: safetensors covering the architecture, before any work
+            check_model_dir(path)
+        except UserError as e:
+            raise UserError(f"{role} model: {e}") from e
         config = json.loads((path / "config.json").read_text())
         if "vocab_size" not in config and isinstance(config.get("text_config"), dict):
             config = {**config["text_config"], **{k: config[k] for k in ("architectures",) if k in config}}
