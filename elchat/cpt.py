@@ -785,7 +785,8 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True) as bar:
         _train_loop(run, bar)
     accelerator.wait_for_everyone()
-    accelerator.end_training()  # flushes the tracker before the final directory is written
+    for tracker in accelerator.trackers:  # flush before the final directory is written; not
+        tracker.finish()                  # end_training(), which ends the process group too
     return _finalize(run)
 
 
