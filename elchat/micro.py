@@ -46,6 +46,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from . import cpt, instructions
 from .atomic import atomic_dir, atomic_write_json
 from .data import load_chat, load_texts, take_chars
+from .device import cpu_has_native_bf16
 from .errors import is_count
 from .packing import pack_blocks, token_stream
 from .paths import models_cache, tokens_cache
@@ -57,16 +58,21 @@ CHATML_TEMPLATE = (
     "{% endgeneration %}{{ '\n' }}{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-RECIPE = 3  # bump when the data or training code changes, so cached pairs are rebuilt
+RECIPE = 4  # bump when the data or training code changes, so cached pairs are rebuilt
 # vocab, model shape, pre-training (steps, batch, block), chat tuning (steps, batch, max len),
 # and data budgets: characters for the tokenizer, number of generated instruction examples.
 # nano has 2 more steps of each kind than under recipe 2: cpt's schedule (Hugging Face's) takes its
 # first step at lr 0, and 14/10 steps bring the losses back to recipe 2's (5.38/5.22 vs 5.39/5.20).
+# micro has 10 layers (recipe 4; 4 before): ElChat's transition layers 0, 1, -2, -1 are 4 of 10,
+# so under 2x2LS the middle six stay frozen and the merge leaves them alone, as in the paper's
+# 24-32-layer models. `bf16`: train under bf16 autocast where the CPU has native bf16
+# (`device.cpu_has_native_bf16`), which pays for most of the extra depth: relative step costs in
+# `benchmarks/micro_shapes.py` (CPU seconds per step, one thread, so load does not skew them).
 SIZES = {
-    "micro": dict(vocab=4096, hidden=128, inter=384, layers=4, heads=4, kv_heads=2,
+    "micro": dict(vocab=4096, hidden=128, inter=384, layers=10, heads=4, kv_heads=2,
                   pre_steps=150, pre_batch=16, block=256, pre_lr=3e-3,
                   chat_steps=200, chat_batch=16, chat_len=160, chat_lr=1.5e-3,
-                  tok_chars=2_000_000, n_instructions=2400),
+                  tok_chars=2_000_000, n_instructions=2400, bf16=True),
     "nano": dict(vocab=320, hidden=32, inter=64, layers=4, heads=4, kv_heads=2,
                  pre_steps=14, pre_batch=8, block=64, pre_lr=3e-3,
                  chat_steps=10, chat_batch=8, chat_len=96, chat_lr=1e-3,
@@ -88,6 +94,8 @@ def config_for(size: str = "micro", steps: int | None = None) -> dict:
     if size not in SIZES:
         raise ValueError(f"size={size!r}: expected one of {', '.join(SIZES)}")
     cfg = dict(SIZES[size], size=size, recipe=RECIPE)
+    # the precision is part of the recipe: a pair built in fp32 is not the one built in bf16
+    cfg["precision"] = "bf16" if cfg.pop("bf16", False) and cpu_has_native_bf16() else "fp32"
     if steps is not None and steps != 0:
         if not is_count(steps, 1):
             raise ValueError(f"steps={steps!r}: expected a positive integer (or 0/None for the default)")
@@ -196,8 +204,11 @@ def _batches(n_items: int, batch: int, seed: int):
             yield order[i:i + batch]
 
 
-def _train(model, make_batch, steps: int, lr: float, desc: str) -> list[float]:
+def _train(model, make_batch, steps: int, lr: float, desc: str, precision: str = "fp32") -> list[float]:
     """`steps` optimizer steps with cpt's AdamW and schedule; returns the loss of every step.
+
+    `precision="bf16"`: forward and backward under CPU bf16 autocast (matmuls in bf16, weights,
+    gradients and optimizer state stay fp32).
 
     A plain loop rather than `Trainer` or `cpt.train`: at this size their setup and per-step
     overhead would rival the compute, and a short visible loop is exactly reproducible with no
@@ -208,7 +219,8 @@ def _train(model, make_batch, steps: int, lr: float, desc: str) -> list[float]:
     model.train()
     losses = []
     for _ in (bar := tqdm(range(steps), desc=desc, leave=False)):
-        loss = model(**make_batch()).loss
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**make_batch()).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -263,7 +275,8 @@ def _pretrain(model, tokenizer, docs: list[str], cfg: dict, seed: int) -> tuple[
     def batch():
         ids = blocks[next(order)]
         return {"input_ids": ids, "labels": ids}
-    return blocks, _train(model, batch, cfg["pre_steps"], cfg["pre_lr"], f"pre-train {cfg['size']}")
+    return blocks, _train(model, batch, cfg["pre_steps"], cfg["pre_lr"], f"pre-train {cfg['size']}",
+                          cfg["precision"])
 
 
 def _chat_tune(model, tokenizer, chats: list[dict], cfg: dict, seed: int) -> tuple[list, list[float]]:
@@ -283,7 +296,8 @@ def _chat_tune(model, tokenizer, chats: list[dict], cfg: dict, seed: int) -> tup
         return {"input_ids": torch.tensor([pad(i, 0) for i, _ in rows]),
                 "attention_mask": torch.tensor([pad([1] * len(i), 0) for i, _ in rows]),
                 "labels": torch.tensor([pad(lab, -100) for _, lab in rows])}
-    return examples, _train(model, batch, cfg["chat_steps"], cfg["chat_lr"], f"chat-tune {cfg['size']}")
+    return examples, _train(model, batch, cfg["chat_steps"], cfg["chat_lr"], f"chat-tune {cfg['size']}",
+                            cfg["precision"])
 
 
 def _manifest(cfg: dict, seed: int, model, data: dict, blocks, examples, losses: dict, times: dict,

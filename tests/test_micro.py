@@ -108,6 +108,30 @@ def test_cached_pair_is_reused_and_bad_input_is_rejected(nano, monkeypatch, tmp_
     assert not (tmp_path / "models").exists()
 
 
+def test_micro_depth_leaves_the_middle_frozen_under_2x2ls():
+    """The micro recipe (built from its config, random weights: no training) has >= 8 layers, and
+    2x2LS trains exactly layers 0, 1, n-2, n-1 of them: a minority, the middle frozen."""
+    import torch
+    from elchat import cpt
+    from elchat.micro import _new_model, config_for
+    cfg = config_for("micro")
+    n = cfg["layers"]
+    assert n >= 8 and cfg["precision"] in ("bf16", "fp32")
+    torch.manual_seed(0)
+    model = _new_model(cfg["vocab"], cfg)
+    assert model.config.num_hidden_layers == n
+    cpt.apply_strategy(model, cpt.CPTConfig(strategy="2x2ls", max_steps=1))
+    per_layer = {}
+    for name, p in model.named_parameters():
+        if name.startswith("model.layers."):
+            per_layer.setdefault(int(name.split(".")[2]), set()).add(p.requires_grad)
+    assert sorted(per_layer) == list(range(n))
+    trained = {i for i, flags in per_layer.items() if flags == {True}}
+    frozen = {i for i, flags in per_layer.items() if flags == {False}}
+    assert trained == {0, 1, n - 2, n - 1}          # the published transition layers, by hand
+    assert frozen == set(range(2, n - 2)) and len(trained) < len(frozen)
+
+
 def test_unigram_bpc_matches_hand_computation():
     from elchat.evaluation.turns import unigram_bpc
     # train "aab": a=2, b=1, N=3; test adds "c": V=3 -> p(a)=3/6, p(b)=2/6, p(c)=1/6
