@@ -60,7 +60,6 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from . import runs
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
@@ -69,7 +68,7 @@ from .errors import UserError
 from .merge_math import CHUNK, angle, chat_vector, layer_index, lerp, module_name, slerp, tensor_t
 from .method import (CV_RATIO, ELCHAT_INTERPOLATE_BIASES, ELCHAT_OTHER_T, ELCHAT_T, LEP_DEFAULT_MODE,
                      LEP_MODES, TRANSITION_LAYERS, check_t, resolve_layers)
-from .model_files import check_model_dir
+from .model_files import TOKENIZER_FILES, check_model_dir, load_tokenizer
 from .shards import ShardedReader, ShardWriter
 
 _STRUCTURE = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -197,10 +196,11 @@ def _check(checkpoints: list[Checkpoint], vocab: str = "same") -> dict[str, str]
 
 
 def _tokenizer(path):
+    """The tokenizer saved with a model, or None when the directory has no tokenizer files."""
     path = Path(path)
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
         return None
-    return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer(path)
 
 
 def _special_rows(chat_tok, out_tok) -> list[tuple[str, int, int]]:
