@@ -107,6 +107,8 @@ class ChunkedLossLM(nn.Module):
     def __init__(self, model, chunk: int = 4096):
         super().__init__()
         self.lm, self.chunk = model, chunk
+        # FSDP auto-wrap reads the shard units (decoder layer classes) from the wrapped model
+        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         base = _base(self.lm)
@@ -126,6 +128,7 @@ class HuggingFaceLossLM(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.lm = model
+        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, labels=input_ids).loss

@@ -799,6 +799,13 @@ def _accelerator(config: CPTConfig, cpu: bool, mixed_precision: str, out_dir: Pa
     if config.strategy == "lora" and accelerator.distributed_type in SHARDED:
         raise ValueError("strategy='lora' under FSDP/DeepSpeed is not supported (LoRA merges need "
                          "the whole model); use a DDP or single-GPU accelerate config")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if config.grad_accum != 1:  # DeepSpeed divides the loss by its own accumulation count
+            raise ValueError(f"grad_accum={config.grad_accum} under DeepSpeed: use grad_accum=1 and "
+                             "a larger batch_size, or the FSDP config")
+        # no dataloader goes through prepare, so DeepSpeed learns the micro batch from here
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
+            config.batch_size
     return accelerator
 
 

@@ -123,3 +123,25 @@ def test_fsdp_sharded_saving_logic(runs):
     for k, v in written.items():
         assert torch.equal(v, expected[k]), k
     AutoModelForCausalLM.from_pretrained(root / "model")
+
+
+@pytest.mark.parametrize("name,engine,processes", [
+    ("cpu_ddp_2proc", "MULTI_GPU", 2), ("single_gpu", "NO", 1), ("ddp_8gpu", "MULTI_GPU", 8),
+    ("fsdp_8gpu", "FSDP", 8), ("deepspeed_zero2", "DEEPSPEED", 8), ("deepspeed_zero3", "DEEPSPEED", 8),
+])
+def test_shipped_accelerate_configs_load(name, engine, processes):
+    from accelerate.commands.config.config_args import load_config_from_file
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.name == engine and config.num_processes == processes
+    assert config.use_cpu == name.startswith("cpu")
+    if engine == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    if engine == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_fsdp_auto_wrap_finds_the_decoder_layer(tiny_pair):
+    from elchat.chunked_loss import loss_module
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair["chat"])
+    assert set(loss_module(model)._no_split_modules) == {"LlamaDecoderLayer"}
