@@ -20,21 +20,36 @@ re-runs everything asked for (also the way to re-run after editing the `elchat` 
 which the key does not cover). A failing stage loses its manifest, keeps its executed notebook with
 the error cell, stops that language, and the run goes on with the next language/preset; the
 command exits 1 listing the failures.
+
+Concurrency (`--jobs N`): each language's stages 00-04 run as one job, N jobs at a time, each a
+child `elchat run` process for that one language with its own device group and its own log
+(`runs/<preset>/<lang>/run.log`; executed notebooks where they always go). With GPUs, the visible
+GPUs are split into N equal groups pinned through CUDA_VISIBLE_DEVICES (8 GPUs, --jobs 4: "0,1",
+"2,3", ...); more jobs than GPUs is refused. On a CPU machine the cores are shared explicitly:
+each job gets cores // N threads (OMP_NUM_THREADS, MKL_NUM_THREADS) and no GPU; more jobs than
+cores is refused. A failing language never stops the others; the report (05) runs after all
+languages of its preset, in the parent.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import json
+import os
+import queue
 import re
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 from . import params as P
 from . import paths, runs
 from .atomic import atomic_write_json
+from .errors import is_count
 
 KERNEL = "python3"
 STAGES = ("00", "01", "02", "03", "04", "05")
@@ -234,9 +249,10 @@ class Stage(NamedTuple):
 
 def run(presets=None, langs=None, stages="00-05", params_file=None, overrides=None,
         force=False, runs_root="runs", notebooks_dir=None, params_dir=None,
-        progress=True, log=print) -> dict:
+        progress=True, log=print, jobs=1) -> dict:
     """Run the study; returns {"records": [...], "failures": [...]}.
 
+    `jobs` > 1 runs languages concurrently on their own device groups (module docstring).
     Example: `run(["micro"], ["am"], stages="00-02", overrides=["max_steps=5"])`.
     """
     nb_dir = Path(notebooks_dir) if notebooks_dir else paths.NOTEBOOKS_DIR
@@ -256,7 +272,20 @@ def run(presets=None, langs=None, stages="00-05", params_file=None, overrides=No
     check_kernel()
     layers = _ParameterLayers(defaults, prm_dir, extra)
     plan = _plan(presets, langs, {s: notebooks[s] for s in wanted}, declared, layers, root)
+    envs = device_groups(jobs) if jobs != 1 else None  # refused before any work
+    if envs is None or len(langs) < 2:
+        records = _run_steps(plan, root, langs, force, progress, log)
+    else:
+        child = {"params_file": params_file, "overrides": overrides or [], "force": force,
+                 "notebooks_dir": nb_dir.resolve(), "params_dir": prm_dir.resolve()}
+        records = _run_jobs(plan, root, langs, envs, child, log)
+        records += _run_steps([s for s in plan if s.lang is None], root, langs, force, progress, log)
+    log(format_summary(records))
+    return {"records": records, "failures": [r for r in records if r["status"] == "FAILED"]}
 
+
+def _run_steps(plan: list, root: Path, langs, force: bool, progress: bool, log) -> list[dict]:
+    """Run `plan` in order in this process; a failure stops only its language."""
     records, stopped = [], set()
     for step in plan:
         if (step.preset, step.lang) in stopped:
@@ -265,8 +294,93 @@ def run(presets=None, langs=None, stages="00-05", params_file=None, overrides=No
         records.append(_run_stage(step, root, langs, force, progress, log))
         if records[-1]["status"] == "FAILED":
             stopped.add((step.preset, step.lang))
-    log(format_summary(records))
-    return {"records": records, "failures": [r for r in records if r["status"] == "FAILED"]}
+    return records
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA device ids this process may use (CUDA_VISIBLE_DEVICES, else all torch sees)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    import torch  # slow import, needed only for --jobs
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def device_groups(jobs: int, gpus: list[str] | None = None, cores: int | None = None) -> list[dict]:
+    """The environment of each of `jobs` concurrent jobs: equal CUDA_VISIBLE_DEVICES groups when
+    there are GPUs, else an explicit share of the CPU cores. Refuses more jobs than GPUs/cores.
+
+    Example: `device_groups(2, gpus=["0", "1", "2", "3"]) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+    {"CUDA_VISIBLE_DEVICES": "2,3"}]`.
+    """
+    if not is_count(jobs, 1):
+        raise ValueError(f"--jobs {jobs!r}: expected a whole number >= 1")
+    gpus = _visible_gpus() if gpus is None else list(gpus)
+    if gpus:
+        if jobs > len(gpus):
+            raise ValueError(f"--jobs {jobs}: only {len(gpus)} GPU(s) visible ({','.join(gpus)}); "
+                             f"each language needs its own GPU, use --jobs {len(gpus)} or fewer")
+        k = len(gpus) // jobs
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * k:(i + 1) * k])} for i in range(jobs)]
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    if jobs > cores:
+        raise ValueError(f"--jobs {jobs}: no GPU here and only {cores} CPU core(s); concurrent "
+                         f"languages would fight over the cores. Use --jobs {cores} or fewer "
+                         "(each job then gets cores // jobs threads) or --jobs 1")
+    threads = str(cores // jobs)
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            for _ in range(jobs)]
+
+
+def _child_command(preset: str, lang: str, stages: list[str], root: Path, child: dict,
+                   records: Path) -> list[str]:
+    """The `elchat run` command of one language's job (same parameters, --jobs 1)."""
+    cmd = [sys.executable, "-m", "elchat.cli", "run", "--preset", preset, "--lang", lang,
+           "--stages", ",".join(stages), "--runs-root", str(root), "--no-progress",
+           "--notebooks-dir", str(child["notebooks_dir"]), "--params-dir", str(child["params_dir"]),
+           "--records-json", str(records)]
+    cmd += ["--params", str(child["params_file"])] if child["params_file"] else []
+    cmd += [x for item in child["overrides"] for x in ("-p", item)]
+    return cmd + (["--force"] if child["force"] else [])
+
+
+def _run_job(steps: list, root: Path, child: dict, envs: queue.Queue, log) -> list[dict]:
+    """Run one language's stages as a child process on a free device group; its records."""
+    preset, lang = steps[0].preset, steps[0].lang
+    where = _stage_home(root, preset, lang)
+    where.mkdir(parents=True, exist_ok=True)
+    records_path = where / ".stages" / "job_records.json"
+    records_path.unlink(missing_ok=True)
+    env = envs.get()
+    try:
+        cmd = _child_command(preset, lang, [s.stage for s in steps], root, child, records_path)
+        shown = " ".join(f"{k}={v!r}" for k, v in env.items())
+        log(f"[{preset}/{lang}] job started ({shown}), log -> {where / 'run.log'}")
+        with open(where / "run.log", "w", encoding="utf-8") as out:
+            out.write(f"# {shown} {' '.join(cmd)}\n")
+            out.flush()
+            code = subprocess.run(cmd, env={**os.environ, **env}, stdout=out,
+                                  stderr=subprocess.STDOUT).returncode
+    finally:
+        envs.put(env)
+    if records_path.is_file():
+        return json.loads(records_path.read_text())
+    return [_record(s, status="FAILED", message=f"job exited {code} before recording; see "
+                    f"{where / 'run.log'}") for s in steps]
+
+
+def _run_jobs(plan: list, root: Path, langs, envs: list[dict], child: dict, log) -> list[dict]:
+    """Every language's stages as concurrent jobs, one device group each; records in plan order."""
+    chains: dict = {}
+    for step in plan:
+        if step.lang is not None:
+            chains.setdefault((step.preset, step.lang), []).append(step)
+    free: queue.Queue = queue.Queue()
+    for env in envs:
+        free.put(env)
+    with ThreadPoolExecutor(max_workers=len(envs)) as pool:
+        futures = [pool.submit(_run_job, steps, root, child, free, log) for steps in chains.values()]
+        return [r for f in futures for r in f.result()]
 
 
 def _targets(presets, langs, defaults: dict, prm_dir: Path) -> tuple[list, list]:
@@ -419,7 +533,10 @@ def format_summary(records: list[dict]) -> str:
 def _cli(args) -> int:
     summary = run(args.preset, args.lang, stages=args.stages, params_file=args.params,
                   overrides=args.param, force=args.force, runs_root=args.runs_root,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, jobs=args.jobs,
+                  notebooks_dir=args.notebooks_dir, params_dir=args.params_dir)
+    if args.records_json:  # a --jobs child hands its records to the parent
+        atomic_write_json(args.records_json, summary["records"])
     return 1 if summary["failures"] else 0
 
 
@@ -435,4 +552,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
     p.add_argument("--runs-root", default="runs", help="where runs/<preset>/<lang>/ go (default runs)")
     p.add_argument("--no-progress", action="store_true", help="no papermill progress bar")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="languages run concurrently, each on its own GPU group (CUDA_VISIBLE_DEVICES) "
+                        "or share of the CPU cores, with its own log runs/<preset>/<lang>/run.log")
+    for hidden in ("--notebooks-dir", "--params-dir", "--records-json"):  # --jobs children
+        p.add_argument(hidden, help=argparse.SUPPRESS)
     p.set_defaults(func=_cli)

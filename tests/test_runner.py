@@ -174,3 +174,53 @@ def test_declared_parameters_recovers_what_papermill_drops(tmp_path):
     got = runner.declared_parameters(tmp_path / "04_x.ipynb")
     assert got["limit"]["inferred_type_name"] == "int" and got["limit"]["default"] == "12"
     assert got["lr"]["help"] == "rate"
+
+
+def test_device_groups_split_gpus_or_share_cores():
+    assert runner.device_groups(4, gpus=[str(i) for i in range(8)]) == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"},
+        {"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    assert runner.device_groups(3, gpus=["4", "5", "6", "7"]) == [  # 7 stays idle: equal groups
+        {"CUDA_VISIBLE_DEVICES": "4"}, {"CUDA_VISIBLE_DEVICES": "5"}, {"CUDA_VISIBLE_DEVICES": "6"}]
+    with pytest.raises(ValueError, match="only 2 GPU"):
+        runner.device_groups(3, gpus=["0", "1"])
+    assert runner.device_groups(2, gpus=[], cores=16) == [
+        {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8"}] * 2
+    with pytest.raises(ValueError, match="only 2 CPU core"):
+        runner.device_groups(3, gpus=[], cores=2)
+    with pytest.raises(ValueError, match="whole number"):
+        runner.device_groups(0, gpus=[])
+
+
+def test_jobs_beyond_the_cpu_are_refused_before_any_work(study, monkeypatch):
+    monkeypatch.setattr(runner, "_visible_gpus", lambda: [])
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    with pytest.raises(ValueError, match="--jobs 3: no GPU here and only 2 CPU core"):
+        _run(study, stages=STAGES, langs=["am", "bn"], jobs=3)
+    assert not (study / "runs").exists()
+
+
+def test_jobs_run_languages_concurrently_on_their_own_devices(study, monkeypatch):
+    """Two languages as two child jobs pinned to fake GPUs 0 and 1; am fails in 01, bn finishes,
+    the report runs after both; each job's notebook saw its own CUDA_VISIBLE_DEVICES."""
+    nb_path = study / "notebooks" / "00_first.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import os, pathlib\n(pathlib.Path(runs_root) / preset / lang / 'env.txt').write_text("
+        "os.environ.get('CUDA_VISIBLE_DEVICES', 'unset') + ' ' + str(os.getpid()))"))
+    nbformat.write(nb, nb_path)
+    monkeypatch.setattr(runner, "_visible_gpus", lambda: ["0", "1"])
+    summary, log = _run(study, stages=STAGES, langs=["am", "bn"], jobs=2,
+                        overrides=["fail_lang=am"])
+    runs = study / "runs"
+    status = {(r["lang"], r["stage"]): r["status"] for r in summary["records"]}
+    assert status == {("am", "00"): "ran", ("am", "01"): "FAILED", ("bn", "00"): "ran",
+                      ("bn", "01"): "ran", ("*", "05"): "ran"}
+    devices = {lang: (runs / "micro" / lang / "env.txt").read_text().split() for lang in ("am", "bn")}
+    assert {devices["am"][0], devices["bn"][0]} == {"0", "1"}
+    assert devices["am"][1] != devices["bn"][1]  # separate processes
+    for lang in ("am", "bn"):
+        assert (runs / "micro" / lang / "run.log").is_file()
+        assert (runs / "micro" / lang / "00_first.ipynb").is_file()
+    assert "boom for am" in (runs / "micro" / "am" / "run.log").read_text()
+    assert _calls(runs)[-1] == "05 *"
