@@ -7,11 +7,11 @@ import re
 import nbformat
 import pytest
 
-from elchat import method, runner
+from elchat import colab, method, runner
 from elchat import params as P
 from elchat.paths import NOTEBOOKS_DIR, PARAMS_DIR
 
-NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))  # stages; colab_study: tests/test_colab.py
 STAGE_NOTEBOOKS = [p for p in NOTEBOOKS if re.match(r"0[0-4]_", p.name)]
 EXPECTED = ["00_source_models", "01_vocabulary_expansion", "02_continual_pretraining", "03_merging",
             "04_evaluation", "05_report"]
@@ -51,7 +51,7 @@ def test_notebook_conventions(path):
         if c.cell_type == "code":
             assert not c.outputs and c.execution_count is None, f"cell {i} has outputs: strip them"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "no title"
-    badge = f"https://colab.research.google.com/github/elchat-kit/elchat/blob/main/notebooks/{path.name}"
+    badge = colab.badge_url(path.name)  # the one repository URL (elchat/colab.py)
     assert any(badge in c.source for c in nb.cells if c.cell_type == "markdown"), "no Colab badge"
     cell = _params_cell(nb)
     index = nb.cells.index(cell)
