@@ -62,9 +62,12 @@ def draw_slerp_arc(ax, a: torch.Tensor, c: torch.Tensor, n: int = 11):
     ax.plot(arc[:, 0], arc[:, 1], "o-", color="tab:blue", markersize=3, label="slerp")
     for v, text in ((a, "t = 0: A (Chat+VE)"), (c, "t = 1: C (source Chat)")):
         ax.annotate("", xy=(float(v[0]), float(v[1])), xytext=(0, 0), arrowprops={"arrowstyle": "->"})
-        ax.text(float(v[0]), float(v[1]), text, fontsize=8)
+        ax.annotate(text, (float(v[0]), float(v[1])), xytext=(4, 6), textcoords="offset points", fontsize=8)
     mid = slerp(0.5, a, c)
     ax.plot([float(mid[0])], [float(mid[1])], "o", color="tab:orange", label="t = 0.5")
+    points = torch.cat([arc, torch.zeros(1, 2)])
+    ax.set_xlim(float(points[:, 0].min()) - 0.3, float(points[:, 0].max()) + 0.6)
+    ax.set_ylim(float(points[:, 1].min()) - 0.3, float(points[:, 1].max()) + 0.3)
     ax.set_aspect("equal")
     ax.legend(fontsize=7, loc="lower left")
     return arc

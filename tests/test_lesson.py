@@ -34,7 +34,7 @@ def test_draw_slerp_arc_labels_each_end():
     a, c = _unit(0), _unit(100)
     fig, ax = plt.subplots()
     arc = lesson.draw_slerp_arc(ax, a, c, n=5)
-    texts = {t.get_text(): t.get_position() for t in ax.texts}
+    texts = {t.get_text(): t.xy for t in ax.texts if t.get_text()}  # annotations: the point labelled
     assert texts["t = 0: A (Chat+VE)"] == pytest.approx((1.0, 0.0))
     assert texts["t = 1: C (source Chat)"] == pytest.approx((math.cos(math.radians(100)), math.sin(math.radians(100))))
     slerp_line = next(line for line in ax.lines if line.get_label() == "slerp")
