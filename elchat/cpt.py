@@ -61,14 +61,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
-from transformers import (AutoConfig, AutoTokenizer, get_cosine_schedule_with_warmup,
+from transformers import (AutoConfig, get_cosine_schedule_with_warmup,
                           get_cosine_with_min_lr_schedule_with_warmup)
 
 from . import checkpoint, data, method, runs
 from .atomic import atomic_dir, atomic_write_json, atomic_write_text
 from .chunked_loss import loss_module
 from .device import pick_device, pick_dtype
-from .model_files import load_model  # strict loader; not via .models (models -> micro -> cpt)
+from .model_files import check_model_dir, load_model, load_tokenizer  # strict; not via .models (cycle)
 from .evaluation.bpc import bits_per_char
 from .packing import pack_blocks, token_stream
 
@@ -283,10 +283,9 @@ def _mixed_precision(config: CPTConfig) -> tuple[bool, str]:
 
 def _check_inputs(model_dir: Path, train_texts, config: CPTConfig):
     """Everything checkable from config.json + tokenizer, before loading weights or writing."""
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+    check_model_dir(model_dir, tokenizer=True)  # safetensors covering the architecture, tokenizer files
     model_config = AutoConfig.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     if model_config.vocab_size < len(tokenizer):
         raise ValueError(f"{model_dir}: model vocab size {model_config.vocab_size} < tokenizer "
                          f"length {len(tokenizer)}; the embeddings were not resized for the expanded "
@@ -368,7 +367,7 @@ class _Data:
     """The packed corpus of a run."""
 
     blocks: np.ndarray                  # training blocks (block_size tokens each)
-    valid_blocks: np.ndarray | None     # validation blocks for the loss; None: no validation
+    valid_blocks: np.ndarray | None     # packed validation text; None: too little (no validation)
     valid_docs: list[str]               # validation documents for BPC
 
 
@@ -401,6 +400,8 @@ class _Run:
     source_dtype: torch.dtype = torch.float32  # dtype the model is saved in (as it came)
     snapshots: list = field(default_factory=list)  # [{"step", "tokens", "path"}] written so far
     sharded: bool = False               # FSDP/DeepSpeed: weights split over the processes
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(
+        ("setup", "train", "eval", "checkpoint", "snapshot", "save"), 0.0))  # this session's time
 
 
 def _finished_summary(out_dir: Path, model_dir: Path, config: CPTConfig) -> dict | None:
@@ -494,23 +495,20 @@ def _shard_io(run: _Run, dcp_io, accelerate_io):
 
 
 def _evaluate(run: _Run) -> dict:
-    """Validation loss on packed valid blocks and BPC (elchat.evaluation.bpc) on valid documents,
-    in the training precision (bf16 autocast where training uses it). Every process computes the
-    same numbers (under FSDP the forward is a collective, so all must take part)."""
+    """Validation BPC (elchat.evaluation.bpc) on the valid documents and the validation loss
+    (nats per scored token) from the same pass: one forward over the documents, in the training
+    precision (bf16 autocast where training uses it). Every process computes the same numbers
+    (under FSDP the forward is a collective, so all must take part)."""
     model, config, accelerator = run.model, run.config, run.accelerator
-    valid_blocks = run.data.valid_blocks
+    start = time.perf_counter()
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     with torch.no_grad(), accelerator.autocast():
-        for i in range(0, len(valid_blocks), config.batch_size):
-            ids = torch.from_numpy(np.asarray(valid_blocks[i:i + config.batch_size]).astype(np.int64))
-            total += model(ids.to(accelerator.device)).double() * len(ids)  # no per-batch sync
-        out = {"valid_loss": total.item() / len(valid_blocks)}
-        out["valid_bpc"] = bits_per_char(accelerator.unwrap_model(model).lm, run.tokenizer,
-                                         run.data.valid_docs, max_length=config.block_size,
-                                         batch_size=config.batch_size)["bpc"]
+        scored = bits_per_char(accelerator.unwrap_model(model).lm, run.tokenizer,
+                               run.data.valid_docs, max_length=config.block_size,
+                               batch_size=config.batch_size)
     model.train()
-    return out
+    run.seconds["eval"] += time.perf_counter() - start
+    return {"valid_loss": scored["nll_nats"] / max(scored["tokens"], 1), "valid_bpc": scored["bpc"]}
 
 
 def _non_finite_loss(run: _Run, value: float, lr: float) -> FloatingPointError:
@@ -639,8 +637,14 @@ def _train_loop(run: _Run, bar) -> None:
                 _write_logs(run.out_dir, run.rows)
             if run.config.log_with != "none":
                 run.accelerator.log({k: v for k, v in row.items() if v is not None}, step=run.step)
+        tick = time.perf_counter()
         _snapshot(run)  # before the checkpoint, whose state lists the snapshots written
+        run.seconds["snapshot"] += time.perf_counter() - tick
         _checkpoint(run, lr)
+        run.seconds["checkpoint"] += time.perf_counter() - tick
+    run.seconds["checkpoint"] -= run.seconds["snapshot"]
+    run.seconds["train"] = (time.perf_counter() - run.started - run.seconds["eval"]
+                            - run.seconds["checkpoint"] - run.seconds["snapshot"])
 
 
 def _saved_model(run: _Run, final: bool):
@@ -727,6 +731,7 @@ def _summary(run: _Run, final) -> dict:
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
         "resumed_from_step": run.resumed_from, "processes": run.accelerator.num_processes,
         "precision": run.accelerator.mixed_precision,  # "bf16"/"fp16" autocast, "no": fp32
+        "seconds": {k: round(v, 2) for k, v in run.seconds.items() if k != "save"},  # this session
         "snapshots": sorted(run.snapshots, key=lambda s: s["step"]),
         "config": _config_json(run.config),
     }
@@ -762,6 +767,7 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
     Example: `train("runs/micro/am/01_vocab/chat_ve", *data.train_valid("am"),
     "runs/micro/am/02_cpt/chat_cpt", CPTConfig(max_steps=50))`.
     """
+    began = time.perf_counter()
     config = config if config is not None else CPTConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model_config, tokenizer, texts = _check_inputs(model_dir, train_texts, config)
@@ -781,13 +787,17 @@ def train(model_dir, train_texts, valid_texts, out_dir, config: CPTConfig | None
     _prepare(run)
     _resume_or_start(run, resume)
     _start_tracker(run)
+    run.seconds["setup"] = time.perf_counter() - began
     with tqdm(total=total, initial=run.step, desc=f"cpt {config.strategy}", unit="step",
               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True) as bar:
         _train_loop(run, bar)
     accelerator.wait_for_everyone()
+    tick = time.perf_counter()
     for tracker in accelerator.trackers:  # flush before the final directory is written; not
         tracker.finish()                  # end_training(), which ends the process group too
-    return _finalize(run)
+    summary = _finalize(run)
+    summary["seconds"]["save"] = round(time.perf_counter() - tick, 2)  # after cpt_summary.json
+    return summary
 
 
 def _accelerator(config: CPTConfig, cpu: bool, mixed_precision: str, out_dir: Path) -> Accelerator:
@@ -896,7 +906,7 @@ def register_cli(subparsers):
     """Add `elchat cpt` (see the module docstring for the multi-GPU `accelerate launch` form)."""
     p = subparsers.add_parser("cpt", help="continual pre-training of an (expanded) model",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="HF model directory (stage 01 output)")
+    p.add_argument("--model", required=True, help="preset name, HF model directory (stage 01 output) or hub id")
     p.add_argument("--lang", help="shipped language code or a UTF-8 text file (one doc per line)")
     p.add_argument("--hub-dataset", help="hub dataset id, streamed (e.g. allenai/MADLAD-400)")
     p.add_argument("--hub-config", help="hub dataset config (e.g. am)")

@@ -114,3 +114,25 @@ def test_stage_summary_lists_snapshots_relative_to_the_stage(tmp_path):
     assert json.loads((tmp_path / "snapshots.json").read_text()) == {
         "chat_cpt": [{"step": 2, "tokens": 128, "path": "chat_cpt/snapshots/step-2"}],
         "base_emb": []}
+
+
+def test_tracker_logs_offline_and_survives_the_final_write(tiny_pair, tmp_path):
+    """log_with="tensorboard": accelerate's tracker writes event files under out_dir/tracker, kept
+    in the final directory; the scalars read back equal log.json's train losses."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    train(tiny_pair["chat"], DOCS, VALID, out, small(max_steps=3, log_with="tensorboard"),
+          progress=False)
+    events = list((out / "tracker").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    logged = [round(e.value, 4) for e in acc.Scalars("train_loss")]
+    rows = json.loads((out / "log.json").read_text())
+    assert logged == [round(r["train_loss"], 4) for r in rows if r.get("train_loss") is not None]
+
+
+def test_unknown_tracker_is_refused():
+    with pytest.raises(ValueError, match="log_with='wandb'"):
+        CPTConfig(log_with="wandb")
