@@ -96,3 +96,23 @@ def test_task_sets_and_checks():
         harness.resolve_tasks("paper:nope", "am")
     with pytest.raises(UserError, match="elchat_mc_ta"):
         harness.check_params("elchat_mc_ta", "am", 0, 8, 8)
+
+
+def test_cli_and_stage_task_entry(bos_model, tmp_path):
+    """`elchat eval --harness-tasks` writes the harness scores; `--tasks harness` runs the local sets
+    through stage 04's task table on the already loaded model."""
+    import json
+
+    from elchat.cli import main
+    from elchat.evaluation import stage
+
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", str(bos_model), "--lang", LANG, "--harness-tasks", f"elchat_mc_{LANG}",
+                 "--limit", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert set(saved["tasks"]) == {"harness"}
+    assert saved["tasks"]["harness"][f"elchat_mc_{LANG}/acc"]["n"] == 2
+    res = stage.evaluate(bos_model, LANG, ["harness"], limit=2, batch_size=2, device="cpu", max_new_tokens=4)
+    assert {f"elchat_mt_{LANG}_en2x/chrf", f"elchat_mt_{LANG}_x2en/chrf",
+            f"elchat_mc_{LANG}/acc_char"} <= set(res["tasks"]["harness"])
+    assert "harness" not in stage.check_tasks(None)  # opt-in: not in the default task list
