@@ -62,7 +62,7 @@ def test_mean_rows_old_rows_and_logits(tiny_pair, tiny_tied_chat, tokenizers, ti
     embeddings.resize_and_initialize(model, old_tok, new_tok, method="mean")
     E, U = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     n_old = E0.shape[0]
-    assert E.shape[0] == len(new_tok) == model.config.vocab_size
+    assert E.shape[0] == -(-len(new_tok) // 64) * 64 == model.config.vocab_size  # default padding
     assert torch.equal(E[:n_old], E0) and torch.equal(U[:n_old], U0)
     assert (U is E) == tied
     for i, row in _expected_mean(old_tok, new_tok, E0).items():
@@ -73,7 +73,7 @@ def test_mean_rows_old_rows_and_logits(tiny_pair, tiny_tied_chat, tokenizers, ti
     assert ids.max() < n_old and torch.equal(ids[0], torch.tensor(new_tok.encode(ENGLISH)))
     with torch.no_grad():
         before, after = ref(ids).logits, model(ids).logits
-    assert after.shape[-1] == len(new_tok)
+    assert after.shape[-1] == E.shape[0]
     assert torch.allclose(before, after[..., :n_old], atol=1e-5)
 
 
@@ -157,3 +157,22 @@ def test_save_expanded(tmp_path, tiny_tied_chat, tokenizers):
     assert AutoTokenizer.from_pretrained(out).get_vocab() == new_tok.get_vocab()
     embeddings.save_expanded(model, new_tok, out)  # overwrites in place; no info gives an empty record
     assert json.loads((out / "vocab_expansion.json").read_text(encoding="utf-8")) == {}
+
+
+@pytest.mark.parametrize("method", embeddings.METHODS)
+def test_default_pads_to_64_with_mean_rows(tiny_pair, tokenizers, method):
+    """By default the rows are padded to a multiple of 64 (GPU kernels, vLLM, llama.cpp), and the
+    padding rows, never produced by the tokenizer, are the mean of the old rows for every method."""
+    old_tok, new_tok = tokenizers
+    model = _load(tiny_pair["chat"])
+    E0 = model.get_input_embeddings().weight.detach().clone()
+    U0 = model.get_output_embeddings().weight.detach().clone()
+    embeddings.resize_and_initialize(model, old_tok, new_tok, method=method, seed=1)
+    E, U = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    rows = -(-len(new_tok) // 64) * 64
+    assert E.shape[0] == U.shape[0] == model.config.vocab_size == rows > len(new_tok)
+    for got, old in ((E, E0), (U, U0)):
+        assert torch.equal(got[:old.shape[0]], old)
+        pad = got[len(new_tok):].detach()
+        assert torch.allclose(pad, old.mean(0).expand_as(pad), atol=1e-6)
+    assert max(i for i in new_tok.get_vocab().values()) < len(new_tok)

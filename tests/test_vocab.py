@@ -223,7 +223,8 @@ def test_cli_expand(tmp_path, tiny_pair, capsys):
     assert "tokens/char on am test" in printed and "tokens/char on en test" in printed
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert len(tok) == model.get_input_embeddings().weight.shape[0] == model.config.vocab_size
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows == model.config.vocab_size == -(-len(tok) // 64) * 64  # padded by default
     assert json.loads((out / "vocab_expansion.json").read_text())["num_added"] == 30
     assert main(["vocab", "expand", "--model", str(tiny_pair["chat"]), "--lang", "am",
                  "--new-tokens", "0", "--out", str(tmp_path / "bad")]) == 2
@@ -254,7 +255,7 @@ def test_write_expanded_model(tmp_path, tiny_pair, tiny_tokenizer, expanded):
     embeddings.resize_and_initialize(reference, tiny_tokenizer, new, method="wmean", seed=1)
     for got, want in ((model.get_input_embeddings(), reference.get_input_embeddings()),
                       (model.get_output_embeddings(), reference.get_output_embeddings())):
-        assert got.weight.shape[0] == len(new) and torch.equal(got.weight, want.weight)
+        assert got.weight.shape[0] == -(-len(new) // 64) * 64 and torch.equal(got.weight, want.weight)
 
 
 def test_write_expanded_model_refuses_another_tokenizer(tmp_path, tiny_pair):
@@ -288,3 +289,131 @@ def test_check_vocab_params_accepts_defaults():
     from elchat.params import check_vocab_params
 
     assert check_vocab_params(5000, "mean", [1000, 5000, 10000], list(METHODS), 2000) is None
+
+
+# --- defects found on the real families (issue #12); each test fails on the code before the fix ---
+
+def _shifted_tokenizer(offset: int):
+    """A ChatML byte-level tokenizer whose ids start at `offset` (as large as Qwen3's and beyond)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import _ENGLISH, make_chatml_tokenizer
+
+    src = make_chatml_tokenizer(_ENGLISH * 4 + amharic_corpus()[:50], 600)
+    state = json.loads(src.backend_tokenizer.to_str())
+    state["model"]["vocab"] = {t: i + offset for t, i in state["model"]["vocab"].items()}
+    for added in state["added_tokens"]:
+        added["id"] += offset
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = src.chat_template
+    return tok
+
+
+def test_large_ids_expand():
+    """Ids >= 131,072 (Qwen3: 151,643 + specials) overflowed chr() in the private-use trick."""
+    src = _shifted_tokenizer(200_000)
+    new, info = vocab.expand_vocabulary(src, amharic_corpus(), 40)
+    assert info["num_added"] == 40 and info["first_new_id"] == 200_600
+    added = sorted(i for t, i in new.get_vocab().items() if t not in src.get_vocab())
+    assert added == list(range(200_600, 200_640))
+    am = SAMPLES["am"]
+    assert len(new.encode(am)) < len(src.encode(am)) and new.decode(new.encode(am)) == am
+
+
+def _specials_after_vocab():
+    """Llama-3 layout: the special tokens live only in `added_tokens`, with ids after the vocabulary."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import _ENGLISH, make_chatml_tokenizer
+
+    src = make_chatml_tokenizer(_ENGLISH * 4, 400)
+    state = json.loads(src.backend_tokenizer.to_str())
+    specials = [a["content"] for a in state["added_tokens"]]
+    voc = {t: i for t, i in state["model"]["vocab"].items() if t not in specials}
+    order = sorted(voc, key=voc.get)
+    state["model"]["vocab"] = {t: k for k, t in enumerate(order)}
+    for k, added in enumerate(state["added_tokens"]):
+        added["id"] = len(order) + k
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = src.chat_template
+    return tok, len(order)
+
+
+def test_added_tokens_keep_ids_after_reload(tmp_path):
+    """Llama-3: the reload renumbered added tokens after the enlarged vocabulary (<|eot_id|> moved)."""
+    from transformers import AutoTokenizer
+
+    src, n_model = _specials_after_vocab()
+    im_end = src.convert_tokens_to_ids("<|im_end|>")
+    assert im_end == n_model + 2  # the layout under test: the special sits after the vocabulary
+    new, info = vocab.expand_vocabulary(src, amharic_corpus(), 30)
+    new.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    for tok in (new, again):
+        assert tok.convert_tokens_to_ids("<|im_end|>") == im_end
+        assert {t: tok.get_vocab()[t] for t in src.get_vocab()} == src.get_vocab()
+        added = sorted(i for t, i in tok.get_vocab().items() if t not in src.get_vocab())
+        assert added == list(range(n_model + 3, n_model + 33))  # after the highest id, no gap
+    msgs = [{"role": "user", "content": SAMPLES["am"]}]
+    assert again.apply_chat_template(msgs, tokenize=False) == src.apply_chat_template(msgs, tokenize=False)
+    assert again.decode(again.encode(SAMPLES["am"])) == SAMPLES["am"]
+
+
+def _sentencepiece_normalizer_style(style: str):
+    """Metaspace test tokenizer rewritten the way Gemma ("gemma": Replace normalizer + Split " ") or
+    legacy Llama-2/Mistral files ("legacy": Prepend + Replace normalizer, no pre-tokenizer) are."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(make_metaspace_tokenizer().backend_tokenizer.to_str())
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    if style == "gemma":
+        state["normalizer"] = replace
+        state["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "},
+                                  "behavior": "MergedWithPrevious", "invert": False}
+    else:
+        state["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"}, replace]}
+        state["pre_tokenizer"] = None
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("style", ["gemma", "legacy"])
+def test_sentencepiece_normalizer_family_accepted(style):
+    """The family check searched a JSON dump, where "▁" is escaped: these were rejected."""
+    src = _sentencepiece_normalizer_style(style)
+    new, info = vocab.expand_vocabulary(src, amharic_corpus(), 60)
+    assert info["kind"] == "metaspace" and info["num_added"] == 60
+    am = SAMPLES["am"]
+    assert len(new.encode(am)) < len(src.encode(am))
+    for name, texts in guard_texts("am").items():
+        for t in texts[:50]:
+            assert new.encode(t) == src.encode(t), name
+
+
+def test_broken_promise_raises_before_writing(monkeypatch, tmp_path, tiny_tokenizer):
+    """expand_vocabulary checks the reloaded tokenizer; before, a broken one went out silently."""
+    from conftest import make_chatml_tokenizer
+
+    from elchat.errors import UserError
+
+    write = vocab._write_tokenizer
+    other = make_chatml_tokenizer(amharic_corpus()[:200], 500)  # different ids for old tokens
+    monkeypatch.setattr(vocab, "_write_tokenizer", lambda *args: other)
+    with pytest.raises(UserError, match="old tokens changed id"):
+        vocab.expand_vocabulary(tiny_tokenizer, amharic_corpus(), 20)
+
+    def lose_template(*args):
+        tok = write(*args)
+        tok.chat_template = "{{ messages[0]['content'] }}"
+        return tok
+
+    monkeypatch.setattr(vocab, "_write_tokenizer", lose_template)
+    with pytest.raises(UserError, match="chat template"):
+        vocab.expand_vocabulary(tiny_tokenizer, amharic_corpus(), 20)
