@@ -40,24 +40,31 @@ def test_required_words_by_hand():
     assert ifeval.required_words(plain) == ifeval.MARGIN_WORDS
 
 
-def test_token_budget_rounds_up_and_keeps_the_floor():
+def test_token_budget_rounds_up_keeps_the_floor_and_the_cap():
     step = ifeval.BUDGET_STEP
     assert ifeval.token_budget(_words(80), 1.3, 48) == math.ceil((80 + ifeval.MARGIN_WORDS) * 1.3 / step) * step
     assert ifeval.token_budget({"instruction_id_list": [], "kwargs": []}, 1.3, 48) == 48
+    assert ifeval.token_budget(_words(100), 4.0, 8) == ifeval.BUDGET_CAP * 8  # the run's budget bounds the cost
 
 
 def test_every_shipped_prompt_gets_room_for_its_instructions(tiny_tokenizer):
     """Old behaviour: every prompt got the run's max_new_tokens (48), which cut 'at least 80 words'."""
-    ctx = _FakeContext(tiny_tokenizer)
+    floor = 48
+    ctx = _FakeContext(tiny_tokenizer, max_new_tokens=floor)
     prompts = ifeval.load_prompts()
     ifeval.run(ctx)
     per_word = ifeval.tokens_per_word(tiny_tokenizer, [p["prompt"] for p in prompts])
+    over = 0
     for p in prompts:
-        assert ctx.budgets[p["prompt"]] >= ifeval.required_words(p) * per_word
-        assert ctx.budgets[p["prompt"]] >= 48
+        need = ifeval.required_words(p) * per_word
+        expected = min(max(floor, math.ceil(need / ifeval.BUDGET_STEP) * ifeval.BUDGET_STEP), ifeval.BUDGET_CAP * floor)
+        assert ctx.budgets[p["prompt"]] == expected
+        over += need > ifeval.BUDGET_CAP * floor
+        if need <= ifeval.BUDGET_CAP * floor:
+            assert ctx.budgets[p["prompt"]] >= need
     long = next(p for p in prompts if {"relation": "at least", "num_words": 100} in p["kwargs"])
-    assert ctx.budgets[long["prompt"]] > 100 * per_word
-    assert any("token budget per prompt" in n for n in ctx.notes)
+    assert ctx.budgets[long["prompt"]] > floor
+    assert any(f"{over} of {len(prompts)} prompts need more" in n for n in ctx.notes)
 
 
 def test_tokens_per_word_by_hand(tiny_tokenizer):

@@ -20,8 +20,10 @@ is the length the instructions ask for (words; sentences x `WORDS_PER_SENTENCE`,
 `WORDS_PER_PARAGRAPH`, bullets x `WORDS_PER_BULLET`, whichever is largest, "less than N" counted as N
 so that a longer answer can be seen to break it) plus `MARGIN_WORDS`; `token_budget` turns it into
 tokens with the model's own tokens per word on the prompts' English text, rounded up to a multiple of
-`BUDGET_STEP` (prompts of one budget generate as one batch) and never below the run's
-`max_new_tokens`. The budgets used are recorded in the results' notes.
+`BUDGET_STEP` (prompts of one budget generate as one batch), never below the run's `max_new_tokens`
+and never above `BUDGET_CAP` times it (the run's budget still bounds the cost: the test presets'
+8 tokens allow 32). The budgets used, and how many prompts needed more than the cap, are recorded in
+the results' notes: raise `max_new_tokens` until none does.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ WORDS_PER_PARAGRAPH = 40  # two or three sentences
 WORDS_PER_BULLET = 8      # one short line
 MARGIN_WORDS = 15         # title, postscript, quoted or fixed ending
 BUDGET_STEP = 32
+BUDGET_CAP = 4            # at most 4 x the run's max_new_tokens
 
 
 def count_words(text: str) -> int:
@@ -197,13 +200,17 @@ def tokens_per_word(tokenizer, texts) -> float:
     return tokens / max(1, sum(count_words(t) for t in texts))
 
 
+def needed_tokens(prompt: dict, per_word: float) -> int:
+    """`required_words` x `per_word`, rounded up to a multiple of BUDGET_STEP."""
+    return math.ceil(required_words(prompt) * per_word / BUDGET_STEP) * BUDGET_STEP
+
+
 def token_budget(prompt: dict, per_word: float, floor: int) -> int:
-    """New tokens for `prompt`: `required_words` x `per_word`, rounded up to BUDGET_STEP, >= floor.
+    """New tokens for `prompt`: `needed_tokens`, at least `floor`, at most BUDGET_CAP x `floor`.
 
     Example: `token_budget(p, 1.3, 48)` -> 128 for an "at least 80 words" prompt.
     """
-    tokens = math.ceil(required_words(prompt) * per_word / BUDGET_STEP) * BUDGET_STEP
-    return max(int(floor), tokens)
+    return min(max(int(floor), needed_tokens(prompt, per_word)), BUDGET_CAP * int(floor))
 
 
 def _generate(ctx, prompts: list[dict]) -> list[str]:
@@ -218,8 +225,10 @@ def _generate(ctx, prompts: list[dict]) -> list[str]:
         for i, r in zip(idx, out, strict=True):
             responses[i] = r["text"]
     if budgets:
+        short = sum(needed_tokens(p, per_word) > b for p, b in zip(prompts, budgets, strict=True))
         ctx.notes.append(f"ifeval: token budget per prompt {min(budgets)}-{max(budgets)} (median "
-                         f"{sorted(budgets)[len(budgets) // 2]}; {per_word:.2f} tokens/word)")
+                         f"{sorted(budgets)[len(budgets) // 2]}; {per_word:.2f} tokens/word); {short} of "
+                         f"{len(prompts)} prompts need more than {BUDGET_CAP} x max_new_tokens")
     return responses
 
 
