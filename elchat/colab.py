@@ -9,7 +9,8 @@ A stage notebook reads what earlier stages wrote under `runs/<preset>/<lang>/`. 
 fresh Colab runtime per badge) it calls `prepare_stage` first: the earlier stages whose outputs
 are missing run through the study runner (`elchat.runner.run`, same preset, language and runs
 root; parameters from the preset/language files, or `earlier_params`), or, with
-`run_earlier=False`, one line says which command to run. A `runs_root` under `/content/drive`
+`run_earlier=False`, one line says which command to run (the report, stage 05, runs earlier
+stages only when no language has finished: it reports the finished ones). A `runs_root` under `/content/drive`
 mounts Google Drive first, so a long run survives a disconnected runtime.
 """
 from __future__ import annotations
@@ -66,10 +67,13 @@ def prepare_stage(stage: str, preset: str, langs, runs_root, run_earlier: bool =
     Example: `prepare_stage("03", "micro", "am", "runs")` runs 00-02 first on an empty runs root.
     """
     mount_drive(runs_root)
+    langs = [langs] if isinstance(langs, str) else list(langs)
+    if stage == runner.REPORT_STAGE and any(not missing_stages(stage, preset, [lang], runs_root)
+                                            for lang in langs):
+        return  # the report covers the languages that finished and lists the others as missing
     missing = missing_stages(stage, preset, langs, runs_root)
     if not missing:
         return
-    langs = [langs] if isinstance(langs, str) else list(langs)
     span = f"{missing[0]}-{max(s for s in STAGE_DONE if s < stage)}"
     command = (f"elchat run --preset {preset} " + " ".join(f"--lang {lang}" for lang in langs)
                + f" --stages {span} --runs-root {runs_root}"

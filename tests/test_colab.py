@@ -101,3 +101,15 @@ def test_stage_notebook_alone_on_empty_runs_root(tmp_path):
     assert (root / "micro/am/00_source/sources.json").is_file()  # stage 00, run by the runner
     assert (root / "micro/am/00_source_models.ipynb").is_file()
     assert (root / "micro/am/01_vocab/chat_ve/config.json").is_file()  # the notebook itself
+
+
+def test_report_stage_reports_finished_languages_without_rerunning(tmp_path):
+    done = tmp_path / "micro/am"
+    for rel in colab.STAGE_DONE.values():
+        (done / rel).parent.mkdir(parents=True, exist_ok=True)
+        (done / rel).write_text("x")
+    calls = []
+    colab.prepare_stage("05", "micro", ["am", "ta"], tmp_path, run_earlier=False, log=calls.append)
+    assert calls == []  # ta is missing, am finished: no error, nothing run
+    with pytest.raises(UserError, match="--lang ta --stages 00-04"):
+        colab.prepare_stage("05", "micro", ["ta"], tmp_path, run_earlier=False)
