@@ -176,4 +176,5 @@ def plot(table: pd.DataFrame, path=None, title: str = ""):
     fig.tight_layout()
     if path is not None:
         atomic_save_figure(fig, path)
+    plt.close(fig)  # the caller displays it once (a notebook would otherwise show it twice)
     return fig
