@@ -307,12 +307,13 @@ def test_every_shipped_split_loads_as_a_dataset():
         for split in data.TEXT_SPLITS:
             ds = data.as_dataset(code, split)
             assert isinstance(ds, datasets.Dataset) and ds.column_names == ["text"]
-            assert ds["text"] == [ln for ln in _lines(DATA / code / f"{split}.txt.gz") if ln.strip()]
+            assert ds.to_dict()["text"] == [ln for ln in _lines(DATA / code / f"{split}.txt.gz") if ln.strip()]
         if code in data.TARGET_LANGUAGES:
             for split in data.PAIR_SPLITS:
                 ds = data.pairs_dataset(code, split)
                 rows = [ln.split("\t", 1) for ln in _lines(DATA / code / f"pairs.{split}.tsv.gz") if ln.strip()]
-                assert ds["english"] == [r[0] for r in rows] and ds["target"] == [r[1] for r in rows]
+                cols = ds.to_dict()
+                assert cols["english"] == [r[0] for r in rows] and cols["target"] == [r[1] for r in rows]
     chats = sum(len(data.chat_dataset(s)) for s in data.CHAT_SPLITS)
     assert chats == len([ln for ln in _lines(DATA / "en" / "chat.jsonl.gz") if ln.strip()])
 
@@ -325,7 +326,7 @@ def test_pack_dataset_by_batched_map_equals_hand_packed_stream(tiny_tokenizer):
     for t in texts:  # by hand: doc tokens then the document separator, one stream
         stream += tiny_tokenizer(t, add_special_tokens=False)["input_ids"] + [sep]
     expected = [stream[i:i + 16] for i in range(0, len(stream) - 15, 16)]
-    assert blocks["input_ids"] == expected
+    assert blocks.to_dict()["input_ids"] == expected
 
 
 def test_madlad_streams_clean_split_per_language(monkeypatch):
