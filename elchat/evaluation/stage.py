@@ -40,9 +40,9 @@ TASKS = {
     "chat_format": "turn ending, no template leaks, requested language",
     "safety": "refusal of harmful / compliance with benign requests",
     "speed": "tokens per character, generation characters per second",
-    "harness": "the kit's mt/mc sets through lm-evaluation-harness (opt-in: not in the default list)",
 }
-# task -> the module whose `run(ctx, *inputs)` scores it (inputs: `_task_inputs`)
+# task -> the module whose `run(ctx, *inputs)` scores it (inputs: `_task_inputs`); `harness` (the kit's
+# mt/mc sets through lm-evaluation-harness) is opt-in: a valid task, not in the default list TASKS
 TASK_MODULES = {"bpc": bpc, "mt": mt, "mc": mc, "ifeval": ifeval, "chat_format": chat_format,
                 "safety": safety, "speed": speed,
                 "harness": harness}
@@ -69,11 +69,11 @@ def _load_pairs(lang, split="test"):
 def check_tasks(tasks, lang_is_file: bool = False) -> list[str]:
     """Validated task list (all tasks when None). Example: `check_tasks(["bpc"]) == ["bpc"]`."""
     if tasks is None:
-        return [t for t in TASKS if t != "harness" and not (lang_is_file and t in PAIR_TASKS)]
+        return [t for t in TASKS if not (lang_is_file and t in PAIR_TASKS)]
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASK_MODULES]
     if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; known tasks: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; known tasks: {', '.join(TASK_MODULES)}")
     if lang_is_file and any(t in PAIR_TASKS for t in tasks):
         raise ValueError(f"tasks {', '.join(PAIR_TASKS)} need a shipped language with parallel "
                          "pairs, not a text file; drop them or pass a language code")
