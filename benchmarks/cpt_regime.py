@@ -55,13 +55,15 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--snapshots", default="0.25,0.5")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--out", default="runs/cpt_regime")
+    ap.add_argument("--save", default=None, help="CSV for the record notebook 02 prints, e.g. "
+                    "benchmarks/results/cpt_regime_micro.csv (elchat.forgetting.regime_record)")
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     chat, chat_ve = runs.read_sources(run)["chat"], runs.stage_dir(run, "01") / "chat_ve"
     train, valid = data.train_valid(args.lang)
     ref = {"Chat": _score(chat, args.lang, chat, out, args.limit),
            "init": _score(chat_ve, args.lang, chat, out, args.limit)}
-    rows = []
+    rows = [_row(0.0, {"step": 0, "tokens": 0}, ref["init"], ref)]  # VE initialization, no CPT
     for lr in [float(x) for x in args.lrs.split(",")]:
         config = cpt.CPTConfig(strategy=args.strategy, max_steps=args.steps, lr=lr, block_size=args.block,
                                batch_size=args.batch, eval_every=0, save_every=0,
@@ -74,6 +76,10 @@ def main(argv=None) -> pd.DataFrame:
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
+    if args.save:
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        table.assign(strategy=args.strategy, block=args.block, batch=args.batch, run=str(run),
+                     limit=args.limit).to_csv(args.save, index=False)
     return table
 
 

@@ -31,6 +31,7 @@ from .atomic import atomic_save_figure, atomic_write_json, atomic_write_text
 from .evaluation import paired, stage
 from .merge import elchat_merge
 
+REGIME_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"  # cpt_regime.py --save
 LISTING = "forgetting.json"   # in 03_merge: the points of the curve and their two models
 TABLE = "forgetting.csv"      # in 04_eval: one row per point x model x metric
 CURVES = ("Chat+VE", "ElChat")
@@ -40,6 +41,18 @@ METRICS = {("bpc", "bpc"): "target BPC (gain: lower is better)",
            ("reply", "bpc_en"): "chat reply BPC, English prompts (retention: near Chat)",
            ("reply", "bpc_target"): "chat reply BPC, target prompts (retention: near Chat)",
            ("bpc", "bpc_en"): "English BPC (lower is better)"}
+
+
+def regime_record(preset: str) -> pd.DataFrame | None:
+    """The measurement a preset's CPT learning rate was chosen by (`benchmarks/cpt_regime.py
+    --save benchmarks/results/cpt_regime_<preset>.csv`), or None when there is none.
+
+    One row per learning rate and point: target-BPC gain over the initialized model and chat reply
+    BPC above Chat's, each with a paired interval and whether it is decided.
+    Example: `regime_record("micro")["lr"].unique()`.
+    """
+    path = REGIME_DIR / f"cpt_regime_{preset}.csv"
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def path_points(run) -> list[dict]:
