@@ -68,7 +68,7 @@ from .errors import UserError
 from .merge_math import CHUNK, angle, chat_vector, layer_index, lerp, module_name, slerp, tensor_t
 from .method import (CV_RATIO, ELCHAT_INTERPOLATE_BIASES, ELCHAT_OTHER_T, ELCHAT_T, LEP_DEFAULT_MODE,
                      LEP_MODES, TRANSITION_LAYERS, check_t, resolve_layers)
-from .model_files import TOKENIZER_FILES, check_model_dir, load_tokenizer
+from .model_files import TOKENIZER_FILES, check_model_dir, load_tokenizer, local_model_dir
 from .shards import ShardedReader, ShardWriter
 
 _STRUCTURE = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -106,9 +106,10 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path, role: str) -> Checkpoint:
-        """The checkpoint in a Hugging Face model directory (a clear error when it is none, holds
-        pickled weights only, or its tensors do not cover its architecture: `elchat.model_files`)."""
-        path = Path(path)
+        """The checkpoint in a Hugging Face model directory or hub id (downloaded), with a clear
+        error when it is none, holds pickled weights only, or its tensors do not cover its
+        architecture (`elchat.model_files`)."""
+        path = local_model_dir(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{role} model {path}: no config.json — expected a Hugging Face "
                                     "model directory (save_pretrained output)")
@@ -282,7 +283,7 @@ def slerp_merge(model_a, model_b, out_dir, t=0.5, filters: dict | None = None, m
     a, b = Checkpoint.open(model_a, "model-a"), Checkpoint.open(model_b, "model-b")
     kinds = _check([a, b], vocab="grow")
     if "vocab" in kinds.values():
-        _check_prefix(_tokenizer(model_b), _tokenizer(model_a), "slerp")
+        _check_prefix(_tokenizer(b.path), _tokenizer(a.path), "slerp")
 
     def produce(name):
         x, y = a.read(name), b.read(name)
@@ -294,7 +295,7 @@ def slerp_merge(model_a, model_b, out_dir, t=0.5, filters: dict | None = None, m
         return interpolate(t_name, x, y, inplace=True)
 
     recipe = {"method": method, "model_a": str(model_a), "model_b": str(model_b), "t": t, "filters": filters}
-    return _write(out_dir, a.plan(), produce, model_a, copy_files=True, recipe=recipe, desc="slerp",
+    return _write(out_dir, a.plan(), produce, a.path, copy_files=True, recipe=recipe, desc="slerp",
                   max_shard_bytes=max_shard_bytes)
 
 
@@ -356,7 +357,7 @@ def chat_vector_merge(base, chat, target, out_dir, ratio=CV_RATIO, skip_embed=Fa
     recipe = {"method": "chat_vector", "target": str(target), "chat": [str(c) for c in _as_list(chat)],
               "base": [str(b) for b in _as_list(base)], "ratio": ratios, "skip_embed": skip_embed,
               "copy_special": copy_special, "special_rows": changes}
-    out = _write(out_dir, tgt.plan(), produce, target, tok_t, tok_c, gen_dir=chats[0].path,
+    out = _write(out_dir, tgt.plan(), produce, tgt.path, tok_t, tok_c, gen_dir=chats[0].path,
                  recipe=recipe, desc="chat vector", max_shard_bytes=max_shard_bytes)
     return {**recipe, "out": str(out)}
 
@@ -395,7 +396,7 @@ def elchat_merge(chat_dir, adapted_dir, out_dir, layers=TRANSITION_LAYERS, t=ELC
     adapted, chat = Checkpoint.open(adapted_dir, "adapted"), Checkpoint.open(chat_dir, "chat")
     _check([adapted, chat], vocab="grow")
     t_by_layer, t_for = _elchat_t(layers, t, other_t, adapted.num_layers, interpolate_biases)
-    tok_a, tok_c = _tokenizer(adapted_dir), _tokenizer(chat_dir)
+    tok_a, tok_c = _tokenizer(adapted.path), _tokenizer(chat.path)
     rows = _special_rows(tok_c, tok_a) if copy_special else []
     changes: dict = {}
 
@@ -413,7 +414,7 @@ def elchat_merge(chat_dir, adapted_dir, out_dir, layers=TRANSITION_LAYERS, t=ELC
               "t": {str(k): v for k, v in t_by_layer.items()}, "other_t": other_t,
               "interpolate_biases": interpolate_biases, "copy_special": copy_special,
               "special_rows": changes}
-    out = _write(out_dir, adapted.plan(), produce, adapted_dir, tok_a, tok_c, gen_dir=chat_dir,
+    out = _write(out_dir, adapted.plan(), produce, adapted.path, tok_a, tok_c, gen_dir=chat.path,
                  recipe=recipe, desc="elchat", max_shard_bytes=max_shard_bytes)
     return {**recipe, "t": t_by_layer, "out": str(out)}
 

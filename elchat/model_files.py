@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .device import pick_device, pick_dtype
@@ -46,6 +47,8 @@ PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpac
 # Any one of these lets AutoTokenizer build a tokenizer (fast JSON, SentencePiece, byte-level BPE).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json")
 _SHOWN = 6  # tensor names quoted per kind in an error
+# What a hub snapshot needs: weights (safetensors only), configs, tokenizer and chat-template files.
+HUB_FILES = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
 def _names(keys) -> str:
@@ -131,6 +134,22 @@ def check_model_dir(path, tokenizer: bool = False, trust_remote_code: bool = Fal
         raise UserError(f"{path}: cannot read its safetensors weights or config.json ({e})") from e
     _raise_uncovered(path, report)
     return check_tokenizer_dir(path) if tokenizer else path
+
+
+def local_model_dir(name_or_path) -> Path:
+    """A local directory as itself; a hub id downloaded (safetensors and small files only) into the
+    Hugging Face cache — naming a hub id is the user's permission to reach the hub.
+
+    Example: `local_model_dir("Qwen/Qwen2.5-0.5B-Instruct")` -> the snapshot directory.
+    """
+    name = os.fspath(name_or_path)
+    if Path(name).expanduser().exists() or not is_hub_id(name):
+        return Path(name).expanduser()
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repository, gated model: say which and why
+        raise UserError(f"hub id {name} could not be downloaded ({type(e).__name__}: {e}); check "
+                        "the name and the network, or pass a local model directory") from e
 
 
 def _source(path) -> str:

@@ -23,11 +23,9 @@ import json
 import os
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-
 from . import gguf_convert, micro, runs, tiny_families
-from .errors import UserError
-from .model_files import check_model_dir, load_model, load_tokenizer  # noqa: F401 (the kit's loaders)
+from .model_files import (check_model_dir, load_model, load_tokenizer,  # noqa: F401 (the kit's loaders)
+                          local_model_dir)
 from .paths import cache_dir, is_hub_id, models_cache
 from .presets import PRESETS, get_preset
 
@@ -80,10 +78,6 @@ def fetch(name_or_path: str | os.PathLike, size: str | None = None, allow_hub: b
                      "directory, or a hub id owner/name")
 
 
-# What a hub snapshot needs: weights (safetensors only), configs, tokenizer and chat-template files.
-_HUB_FILES = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-
-
 def resolve_model_dir(name_or_path, allow_hub: bool = False, tokenizer: bool = True) -> Path:
     """The one model-argument rule of every command: a preset's chat model, a local directory or a
     hub id, as a checked local directory (safetensors covering the architecture, tokenizer files).
@@ -92,15 +86,8 @@ def resolve_model_dir(name_or_path, allow_hub: bool = False, tokenizer: bool = T
     (safetensors and small files only): naming it is the user's permission to reach the hub.
     Example: `resolve_model_dir("smollm2-135m")` -> `~/.cache/elchat/models/smollm2-135m-instruct`.
     """
-    chat = fetch(name_or_path, allow_hub=allow_hub)["chat"]
-    if isinstance(chat, str) and not Path(chat).expanduser().exists() and is_hub_id(chat):
-        try:
-            chat = snapshot_download(chat, allow_patterns=_HUB_FILES)
-        except Exception as e:  # offline, unknown repository, gated model: say which and why
-            raise UserError(f"model {name_or_path!r}: hub id {chat} could not be downloaded "
-                            f"({type(e).__name__}: {e}); check the name and the network, or pass a "
-                            "local model directory") from e
-    return check_model_dir(Path(chat), tokenizer=tokenizer)
+    chat = local_model_dir(fetch(name_or_path, allow_hub=allow_hub)["chat"])
+    return check_model_dir(chat, tokenizer=tokenizer)
 
 
 def check_source_params(preset: str, size: str = "micro", steps: int = 0) -> dict | None:

@@ -572,3 +572,32 @@ def test_cli_interpolate_biases_and_other_t(qwen2_pair, tmp_path):
     name = "model.layers.0.self_attn.q_proj.bias"
     torch.testing.assert_close(o[name].double(), ref_slerp(0.3, a[name], c[name]), rtol=1e-5, atol=1e-6)
     assert torch.equal(o["model.norm.weight"], a["model.norm.weight"])
+
+
+def test_merge_reads_hub_ids_through_a_snapshot(models, tmp_path, monkeypatch):
+    """Stage 03 of a hub preset (qwen2.5-*) gets the chat model as a hub id: the merge reads the
+    snapshot that huggingface_hub downloads (here: a stand-in that returns the local copy)."""
+    import elchat.model_files as mf
+
+    asked = []
+
+    def fake_snapshot(repo_id, allow_patterns):
+        asked.append((repo_id, tuple(allow_patterns)))
+        return str(models["chat"])
+
+    monkeypatch.setattr(mf, "snapshot_download", fake_snapshot)
+    s = elchat_merge("owner/chat-model", models["adapted"], tmp_path / "hub")
+    want = elchat_merge(models["chat"], models["adapted"], tmp_path / "local")
+    assert asked and asked[0][0] == "owner/chat-model" and "*.safetensors" in asked[0][1]
+    assert not any(p.endswith((".bin", ".pt")) or p == "*" for p in asked[0][1])
+    got, ref = state(s["out"]), state(want["out"])
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    assert s["special_rows"] == want["special_rows"] and s["special_rows"]
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("offline")
+
+    monkeypatch.setattr(mf, "snapshot_download", offline)
+    with pytest.raises(UserError, match="hub id owner/chat-model could not be downloaded"):
+        elchat_merge("owner/chat-model", models["adapted"], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
