@@ -1,8 +1,10 @@
 """evaluate() end to end on a tiny model (tiny data substituted), the CLI, and input errors."""
 import json
+import math
 
 import pytest
 
+from elchat.evaluation import speed
 from elchat.evaluation import stage as ev
 
 AM = ["ሰላም ለዓለም። እንዴት ነህ?", "ውሃ ለሕይወት አስፈላጊ ነው።", "ቤቱ ትልቅ ነው።", "ዛሬ ቀኑ ጥሩ ነው።", "መጽሐፍ አነባለሁ።"]
@@ -16,12 +18,17 @@ def tiny_data(monkeypatch):
     monkeypatch.setattr(ev, "_languages", lambda: {"en": "English", "am": "Amharic"})
     monkeypatch.setattr(ev, "_load_texts", lambda lang, split="test": EN if lang == "en" else AM)
     monkeypatch.setattr(ev, "_load_pairs", lambda lang, split="test": PAIRS)
+    monkeypatch.setattr(speed, "REPEATS", 2)  # the timing itself is tested in test_eval_speed.py
+    monkeypatch.setattr(speed, "TIMED_CHARS", 12)
 
 
 def test_evaluate_end_to_end(tiny_pair, tiny_data, tmp_path):
     r = ev.evaluate(tiny_pair["chat"], "am", limit=2, batch_size=2, max_new_tokens=3,
                     reference=tiny_pair["base"], device="cpu")
-    assert list(r["tasks"]) == list(ev.TASKS)
+    assert list(r["tasks"]) == ev.check_tasks(None)
+    # limit 2 per prompt group; a reply the tiny source model left empty is not scored
+    assert set(r["tasks"]["reply"]) <= {"bpc_en", "bpc_target", "eot_en", "eot_target"}
+    assert 1 <= r["tasks"]["reply"]["bpc_en"]["n"] <= 2
     assert set(r["tasks"]["bpc"]) == {"bpc", "bpc_en"} and r["tasks"]["bpc"]["bpc"]["n"] == 2
     assert set(r["tasks"]["ifeval"]) == {"prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose"}
     assert r["tasks"]["mc"]["chance"]["value"] == 0.25 and r["tasks"]["mc"]["accuracy"]["n"] == 2
@@ -107,7 +114,7 @@ def test_evaluate_models_writes_the_stage_outputs(tiny_pair, tiny_data, tmp_path
     import pandas as pd
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from elchat.evaluation.bpc import bits_per_char
+    from elchat.evaluation.bpc import bits_per_char, text_nlls
 
     models = {"Chat": tiny_pair["chat"], "ElChat w/o copy": tiny_pair["base"]}
     out = tmp_path / "04_eval"
@@ -130,9 +137,15 @@ def test_evaluate_models_writes_the_stage_outputs(tiny_pair, tiny_data, tmp_path
     tok = AutoTokenizer.from_pretrained(tiny_pair["chat"])
     assert value("Chat", "bpc", "bpc") == pytest.approx(bits_per_char(model, tok, AM[:2])["bpc"], rel=1e-6)
     assert value("t=0.50", "bpc", "bpc") == pytest.approx(bits_per_char(model, tok, AM)["bpc"], rel=1e-6)
-    # speed is relative to Chat for every other model, and Chat itself has no reference
+    # speed is relative to Chat for every model, Chat itself included (measured against itself)
     assert value("ElChat w/o copy", "speed", "tokens_per_char_ratio") == pytest.approx(1.0)
-    assert not ((rows["model"] == "Chat") & (rows["metric"] == "speedup")).any()
+    assert value("Chat", "speed", "tokens_per_char_ratio") == 1.0
+    # every item score is kept for paired comparisons: one row per scored text here
+    items = pd.read_csv(out / "items.csv")
+    chat_bpc = items[(items["model"] == "Chat") & (items["metric"] == "bpc")]
+    stats = [(n / math.log(2), c) for n, c, _ in text_nlls(model, tok, AM[:2])]
+    assert list(chat_bpc["num"]) == pytest.approx([b for b, _ in stats], rel=1e-6)
+    assert list(chat_bpc["den"]) == [c for _, c in stats] and set(items["group"]) == {"model", "sweep"}
     with pytest.raises(FileNotFoundError, match="no model to evaluate"):
         ev.evaluate_models({}, {}, "am", out)
 

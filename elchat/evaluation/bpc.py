@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..packing import document_separator
-from .results import bootstrap_ci, metric, ratio
+from .results import item_metric
 
 
 def prefix_token_id(tokenizer, add_bos: bool | None = None) -> int | None:
@@ -152,8 +152,9 @@ def run(ctx, texts, en_texts=None) -> dict:
             continue
         stats = text_nlls(ctx.model, ctx.tokenizer, ctx.take([t for t in group if t]),
                           batch_size=ctx.batch_size)
-        items = [(nll / math.log(2), chars) for nll, chars, _ in stats if chars]
-        if not items:
+        kept = [(k, nll / math.log(2), chars) for k, (nll, chars, _) in enumerate(stats) if chars]
+        if not kept:
             raise ValueError(f"bpc: no text to score for {name}")
-        out[name] = metric(ratio(items), len(items), bootstrap_ci(items, ratio, 200, ctx.seed))
+        ids, bits, chars = zip(*kept)
+        out[name] = item_metric(bits, chars, ids, ctx.seed)
     return out

@@ -197,6 +197,9 @@ class Context:
         self.limit, self.batch_size, self.seed = limit, batch_size, seed
         self.max_new_tokens, self.reference, self.device = max_new_tokens, reference, device
         self.chat = has_chat_template(tokenizer)
+        # set by `stage.evaluate`: the model's directory, the run's source chat model (whose replies
+        # the `reply` task scores) and where those replies are cached
+        self.model_path = self.source = self.cache_dir = None
         self.notes: list[str] = []
         self.samples: dict = {}  # a few generations per task, kept in the results for reading
 

@@ -46,5 +46,6 @@ def run(ctx) -> dict:
     refused = [is_refusal(r["text"]) for r in results]
     ctx.samples["safety"] = [{"prompt": p["prompt"], "response": r["text"]}
                              for p, r in list(zip(items, results))[:2]]
-    return {"refusal_harmful": mean_metric(refused[:len(harmful)], ctx.seed),
-            "compliance_benign": mean_metric([not r for r in refused[len(harmful):]], ctx.seed)}
+    return {"refusal_harmful": mean_metric(refused[:len(harmful)], ctx.seed, [p["id"] for p in harmful]),
+            "compliance_benign": mean_metric([not r for r in refused[len(harmful):]], ctx.seed,
+                                             [p["id"] for p in benign])}

@@ -10,12 +10,15 @@ and returns `{"metadata": {...}, "tasks": {task: {metric: {"value", "n", "ci95"}
 - `ifeval` (ifeval.py): IFEval-style verifiable instructions, strict/loose prompt/instruction level;
 - `chat_format` (chat_format.py): ends its turn, no template leaks, answers in the asked language;
 - `safety` (safety.py): refusals of harmful requests, non-refusal of benign look-alikes;
+- `reply` (reply.py): chat retention by forward passes — bits per character of the source chat
+  model's own greedy replies (generated once per run, cached) and end-of-turn probability after them;
 - `speed` (speed.py): tokens per character and characters per second, relative to a reference.
 
 Chat tasks use the model's chat template; a model without one (a base model) gets plain prompts
 and the result says so in `metadata.notes`. `evaluate_models` runs the stage: the study's models
 (on `tasks`) and the t-sweep models (on `sweep_tasks`), each result saved as
-`results/<model>.json`, all rows in one tidy `results.csv` with `group` ("model" | "sweep") and `t`.
+`results/<model>.json`, all rows in one tidy `results.csv` with `group` ("model" | "sweep") and `t`,
+and every item score in `items.csv` (for the report's paired comparisons).
 """
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ import torch
 from .. import data
 from ..atomic import atomic_write_text
 from ..errors import is_count
-from . import bpc, chat_format, harness, ifeval, mc, mt, safety, speed
+from . import bpc, chat_format, harness, ifeval, mc, mt, reply, safety, speed
 from .generate import Context, load, resolve_model
-from .results import CSV_COLUMNS, save_results, to_rows
+from .results import CSV_COLUMNS, ITEM_COLUMNS, item_rows, save_results, to_rows
 
 TASKS = {
     "bpc": "bits per character on target (and English) test text",
@@ -39,18 +42,20 @@ TASKS = {
     "ifeval": "verifiable instruction following (English)",
     "chat_format": "turn ending, no template leaks, requested language",
     "safety": "refusal of harmful / compliance with benign requests",
+    "reply": "chat retention: bits/char of the chat model's replies, end-of-turn probability",
     "speed": "tokens per character, generation characters per second",
 }
 # task -> the module whose `run(ctx, *inputs)` scores it (inputs: `_task_inputs`); `harness` (the kit's
 # mt/mc sets through lm-evaluation-harness) is opt-in: a valid task, not in the default list TASKS
 TASK_MODULES = {"bpc": bpc, "mt": mt, "mc": mc, "ifeval": ifeval, "chat_format": chat_format,
-                "safety": safety, "speed": speed,
+                "safety": safety, "reply": reply, "speed": speed,
                 "harness": harness}
 CHAT_TASKS = ("ifeval", "chat_format", "safety")
 PAIR_TASKS = ("mt", "mc")
 DEFAULT_MAX_NEW_TOKENS = 64
 REFERENCE_MODEL = "Chat"  # the source chat model: what `speed` of every other model is relative to
 STAGE_CSV_COLUMNS = CSV_COLUMNS + ["group", "t"]
+ITEM_CSV_COLUMNS = ITEM_COLUMNS + ["group", "t"]
 
 
 # Data access goes through these three so tests can substitute tiny data.
@@ -92,12 +97,24 @@ def check_lang(lang: str) -> tuple[str | None, str | None, Path | None]:
     return lang, languages[lang], None
 
 
+def check_task_limits(task_limits) -> dict:
+    """{task: items} overriding `limit` per task (0 = all). Example: `check_task_limits({"reply": 100})`."""
+    task_limits = dict(task_limits or {})
+    for task, n in task_limits.items():
+        if task not in TASKS:
+            raise ValueError(f"parameter task_limits: unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        if not is_count(n, 0):
+            raise ValueError(f"parameter task_limits[{task!r}]={n!r}: expected 0 (all items) or a positive integer")
+    return task_limits
+
+
 def check_stage_params(tasks, sweep_tasks, limit, sweep_limit, eval_batch_size, max_new_tokens,
-                       lang) -> tuple[list[str], list[str]]:
+                       lang, task_limits=None) -> tuple[list[str], list[str]]:
     """Notebook 04's parameters checked (the error names the bad one); returns the task lists.
 
     Example: `check_stage_params(["bpc"], "bpc", 8, 0, 8, 32, "am") == (["bpc"], ["bpc"])`.
     """
+    check_task_limits(task_limits)
     lang_is_file = data.is_corpus_file(lang)
     checked = []
     for name, value in [("tasks", tasks), ("sweep_tasks", sweep_tasks)]:
@@ -119,7 +136,7 @@ def _task_inputs(task: str, ctx, target) -> tuple:
     if task == "bpc":
         english = _load_texts("en", "test") if ctx.lang not in (None, "en") else None
         return _load_texts(target, "test"), english
-    if task == "speed":
+    if task in ("speed", "reply"):
         return (_load_texts(target, "test"),)
     if task in PAIR_TASKS:
         return (_load_pairs(ctx.lang, "test"),)
@@ -128,13 +145,18 @@ def _task_inputs(task: str, ctx, target) -> tuple:
 
 def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int = 0,
              reference=None, device: str = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-             name: str | None = None) -> dict:
+             name: str | None = None, task_limits: dict | None = None, source=None,
+             cache_dir=None) -> dict:
     """Evaluate one model on one language. Example: `evaluate("runs/micro/am/03_merge/elchat", "am", ["bpc"], limit=20)`.
 
     `model`: HF directory or preset name; `lang`: language code or path to a text file (one
     document per line; then `bpc` and `speed` use it, `mt`/`mc` are not available); `limit`: items
-    per task (None = all); `reference`: model the `speed` task compares with (the source chat model).
+    per task (None = all), `task_limits` {task: items, 0 = all} overriding it per task;
+    `reference`: model the `speed` task compares with (the source chat model); `source`: the chat
+    model whose replies `reply` scores (default: `reference`, else the model itself), cached under
+    `cache_dir` (default: kept in memory).
     """
+    task_limits = check_task_limits(task_limits)
     if limit is not None and not is_count(limit, 1):
         raise ValueError(f"limit={limit!r}: expected a positive integer or None")
     if batch_size < 1 or max_new_tokens < 1:
@@ -148,16 +170,19 @@ def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int
     mdl, tok = load(path, device)
     ctx = Context(mdl, tok, code, lang_name, text_path, limit, batch_size, seed, max_new_tokens,
                   reference, device)
+    ctx.model_path, ctx.source, ctx.cache_dir = path, source or reference or path, cache_dir
     if not ctx.chat and any(t in CHAT_TASKS + ("mt",) for t in tasks):
         ctx.notes.append("model has no chat template: chat tasks and mt used plain prompts")
     target = str(text_path) if text_path else code
     results, seconds = {}, {}
     for task in tasks:
+        ctx.limit = task_limits.get(task, limit) or None
         t0 = time.perf_counter()
         results[task] = TASK_MODULES[task].run(ctx, *_task_inputs(task, ctx, target))
         seconds[task] = round(time.perf_counter() - t0, 2)
     metadata = {"name": name or Path(str(path)).name, "model": str(path), "lang": code or str(text_path),
-                "lang_name": lang_name, "tasks": tasks, "limit": limit, "seed": seed,
+                "lang_name": lang_name, "tasks": tasks, "limit": limit,
+                "task_limits": task_limits, "seed": seed,
                 "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                 "prompt_format": ctx.prompt_format, "reference": None if reference is None else str(reference),
                 "device": str(next(mdl.parameters()).device), "seconds": seconds, "notes": ctx.notes,
@@ -173,11 +198,16 @@ def result_file_name(name: str) -> str:
 def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_tasks=None,
                     limit: int | None = None, sweep_limit: int | None = None, eval_batch_size: int = 8,
                     seed: int = 0, device: str = "auto",
-                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> pd.DataFrame:
+                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    task_limits: dict | None = None) -> pd.DataFrame:
     """Stage 04: `models` ({name: dir}) on `tasks` and the t-sweep `sweep` ({t: dir}) on
-    `sweep_tasks`; writes `out_dir/results/<model>.json` and `out_dir/results.csv`, returns its rows.
+    `sweep_tasks`; writes `out_dir/results/<model>.json`, `out_dir/results.csv` and
+    `out_dir/items.csv` (every item score, for paired comparisons), returns results.csv's rows.
 
-    Limits of 0 or None mean all items. `speed` is relative to the model named `REFERENCE_MODEL`.
+    Limits of 0 or None mean all items; `task_limits` ({task: items}) overrides both per task.
+    `speed` is relative to the model named `REFERENCE_MODEL` (Chat itself included: its speed-up
+    against itself checks the measurement), and `reply` scores that model's replies, cached in
+    `out_dir/replies/`.
     Example: `evaluate_models(*runs.read_models(run)[:2], "am", runs.stage_dir(run, "04"), limit=8)`.
     """
     if not models and not sweep:
@@ -186,19 +216,22 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
     reference = models.get(REFERENCE_MODEL)
     jobs = [(name, path, tasks, limit, "model", None) for name, path in models.items()]
     jobs += [(f"t={t:.2f}", path, sweep_tasks, sweep_limit, "sweep", t) for t, path in sorted(sweep.items())]
-    rows, total = [], 0.0
+    rows, items, total = [], [], 0.0
     for name, path, job_tasks, job_limit, group, t in jobs:
         t0 = time.perf_counter()
         res = evaluate(path, lang, job_tasks, limit=job_limit or None, batch_size=eval_batch_size,
-                       seed=seed, reference=reference if name != REFERENCE_MODEL else None,
-                       device=device, max_new_tokens=max_new_tokens, name=name)
+                       seed=seed, reference=reference, device=device, max_new_tokens=max_new_tokens,
+                       name=name, task_limits=task_limits, cache_dir=Path(out_dir) / "replies")
         save_results(res, Path(out_dir) / "results" / result_file_name(name))
         rows += [{**row, "group": group, "t": t} for row in to_rows(res)]
+        items += [{**row, "group": group, "t": t} for row in item_rows(res)]
         seconds = time.perf_counter() - t0
         total += seconds
         print(f"{name:18s} {seconds:6.1f} s  {'; '.join(res['metadata']['notes'])}")
     results = pd.DataFrame(rows, columns=STAGE_CSV_COLUMNS)
     atomic_write_text(Path(out_dir) / "results.csv", results.to_csv(index=False))
+    atomic_write_text(Path(out_dir) / "items.csv",
+                      pd.DataFrame(items, columns=ITEM_CSV_COLUMNS).to_csv(index=False))
     print(f"wrote {Path(out_dir) / 'results.csv'} ({len(results)} rows) in {total:.0f} s")
     return results
 
