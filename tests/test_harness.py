@@ -116,3 +116,20 @@ def test_cli_and_stage_task_entry(bos_model, tmp_path):
     assert {f"elchat_mt_{LANG}_en2x/chrf", f"elchat_mt_{LANG}_x2en/chrf",
             f"elchat_mc_{LANG}/acc_char"} <= set(res["tasks"]["harness"])
     assert "harness" not in stage.check_tasks(None)  # opt-in: not in the default task list
+
+
+def test_rouge_l_tokenizes_every_script():
+    """rouge-score's default tokenizer keeps only [a-z0-9]: a Tamil or Amharic summary scores 0.
+    The kit's tokenizer keeps whole words with their combining marks (checked by hand)."""
+    from rouge_score import rouge_scorer
+
+    from elchat.harness_tasks import utils
+
+    assert utils.ScriptTokenizer().tokenize("வணக்கம் உலகம்!") == ["வணக்கம்", "உலகம்"]
+    assert utils.ScriptTokenizer().tokenize("你好世界") == ["你", "好", "世", "界"]
+    ref, hyp = "ሰላም ዓለም ዛሬ", "ሰላም ዛሬ"
+    assert rouge_scorer.RougeScorer(["rougeL"]).score(ref, hyp)["rougeL"].fmeasure == 0.0
+    # LCS = 2 words; precision 2/2, recall 2/3 -> F1 = 2 * 1 * (2/3) / (1 + 2/3) = 0.8
+    assert utils.rouge_l(hyp, ref) == pytest.approx(0.8)
+    assert utils.process_mc({"options": ["a", "bbbb"], "answer": 1}, [(-2.0, False), (-3.0, False)]) == \
+        {"acc": 0.0, "acc_char": 1.0}  # -2/2 = -1.0 < -3/5 = -0.6 per character
