@@ -16,6 +16,12 @@ garbage.
     texts = load_texts("am", "train")          # list[str]
     pairs = load_pairs("am", "test")           # [(english, amharic), ...]
     chats = load_chat("train")                 # [{"messages": [...], "category": ...}, ...]
+    ds = as_dataset("am", "train")             # the same split as a datasets.Dataset ("text")
+
+Beyond the shipped files (only when the user names them): a corpus parameter is a language code, a
+text file or a hub dataset `owner/name:config[:split]` (`parse_corpus`, `corpus_train_valid`);
+hub corpora stream through `datasets` (`load_hub_texts`; MADLAD-400 reads its `clean` shards of one
+language, `hub_source`), and FLORES-200 devtest pairs come from FLORES+ (`load_flores`).
 """
 from __future__ import annotations
 
