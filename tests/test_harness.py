@@ -11,7 +11,7 @@ from elchat import data
 from elchat.errors import UserError
 from elchat.evaluation import harness, mc, mt
 from elchat.evaluation.generate import Context, load
-from tests.conftest import make_chatml_tokenizer, make_tiny_model
+from conftest import make_chatml_tokenizer, make_tiny_model
 
 LANG, LIMIT = "am", 4
 
