@@ -3,6 +3,7 @@
 Reads, for one preset, every `runs/<preset>/<lang>/`:
   04_eval/results.csv        tidy rows: model, lang, task, metric, value, n, ci_low, ci_high,
                              group ("model" | "sweep"), t   (required for the table)
+  04_eval/items.csv          every item score (model, task, metric, item, num, den): paired verdicts
   01_vocab/tokens_per_char.csv, 02_cpt/*/log.csv, 03_merge/layer_angles.csv   (figures, optional)
 and writes `runs/<preset>/report/` atomically: `results_table.{md,csv}`, `results_long.csv`,
 `summary.md`, `missing.txt` and PNG figures. Anything absent is listed, never fatal.
@@ -12,11 +13,17 @@ pair of results.csv that holds it, whether lower is better (bits and tokens per 
 chance level where the task records one, and what a relative value is relative to. `wide_table`
 pivots tidy results into those columns (stage 04's table and this report's both use it).
 
-The summary tests the papers' claims per language with plain ratios:
-  chat retention   = ElChat / Chat on IFEval (strict) and chat format   (claim: >= RETAIN)
-  gain kept        = (BPC(Chat) - BPC(ElChat)) / (BPC(Chat) - BPC(Chat+VE))  (claim: >= KEEP)
-  ElChat vs CV     = differences on IFEval, chat format (higher) and English BPC (lower)
-  VE speed-up      = tokens/char of Chat+VE / Chat (< 1) and the measured generation speed-up.
+The summary decides the papers' claims per language from paired bootstrap intervals of the
+difference over the same items (`elchat.evaluation.paired`): "holds", "does not hold" or
+"inconclusive at n = ..."; metrics at floor/ceiling for every model say "no signal at this scale":
+  chat retention   ElChat vs Chat (within a margin of 1 - RETAIN of Chat's value) and ElChat vs
+                   Chat+VE on reply BPC, end-of-turn probability, IFEval strict, chat format
+  gain             Chat+VE vs Chat on target BPC; share of it ElChat keeps,
+                   (BPC(Chat) - BPC(ElChat)) / (BPC(Chat) - BPC(Chat+VE)) >= KEEP, paired over texts
+  ElChat vs CV     the retention metrics and English BPC (same margin)
+  copy             ElChat vs ElChat w/o copy on end-of-turn probability, chat format, reply BPC
+  VE speed-up      tokens/char Chat+VE vs Chat (paired over texts) and the measured decoding
+                   speed-up's interval against 1.
 Yamaguchi et al. 2025, "ElChat: Adapting Chat Language Models Using Only Target Unlabeled
 Language Data"; Chat Vector: Huang et al. 2024; LEP: Tikhomirov & Chernyshev 2024.
 """
@@ -29,6 +36,7 @@ import pandas as pd
 
 from . import runs
 from .atomic import atomic_dir
+from .evaluation import paired
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Metric:
     lower_is_better: bool = False
     chance: str | None = None       # the metric of the same task holding the chance level, if any
     relative_to: str | None = None  # the model a relative value is measured against (stage 04's reference)
+    floor: float | None = None      # every model at or below it: no signal at this scale
+    ceiling: float | None = None    # every model at or above it: no signal at this scale
 
     @property
     def arrow(self) -> str:
@@ -49,14 +59,18 @@ class Metric:
 # the report's table, best marks, summary and figures all read it.
 METRICS: dict[str, Metric] = {
     "target BPC":      Metric("bpc", "bpc", lower_is_better=True),
-    "chrF en→L":       Metric("mt", "chrf_en2x"),
-    "chrF L→en":       Metric("mt", "chrf_x2en"),
-    "MC accuracy":     Metric("mc", "accuracy", chance="chance"),
-    "IFEval strict":   Metric("ifeval", "prompt_strict"),
-    "IFEval loose":    Metric("ifeval", "prompt_loose"),
-    "chat format":     Metric("chat_format", "all_ok"),
-    "refuses harmful": Metric("safety", "refusal_harmful"),
-    "helps benign":    Metric("safety", "compliance_benign"),
+    "chrF en→L":       Metric("mt", "chrf_en2x", floor=5.0),   # chrF 0-100: below 5 is noise
+    "chrF L→en":       Metric("mt", "chrf_x2en", floor=5.0),
+    "MC accuracy":     Metric("mc", "accuracy", chance="chance", floor=0.30),  # chance 0.25
+    "reply BPC (en)":  Metric("reply", "bpc_en", lower_is_better=True),
+    "reply BPC (L)":   Metric("reply", "bpc_target", lower_is_better=True),
+    "end-of-turn p (en)": Metric("reply", "eot_en", floor=0.01, ceiling=0.99),
+    "end-of-turn p (L)": Metric("reply", "eot_target", floor=0.01, ceiling=0.99),
+    "IFEval strict":   Metric("ifeval", "prompt_strict", floor=0.0, ceiling=1.0),
+    "IFEval loose":    Metric("ifeval", "prompt_loose", floor=0.0, ceiling=1.0),
+    "chat format":     Metric("chat_format", "all_ok", floor=0.0, ceiling=1.0),
+    "refuses harmful": Metric("safety", "refusal_harmful", floor=0.0, ceiling=1.0),
+    "helps benign":    Metric("safety", "compliance_benign", floor=0.0, ceiling=1.0),
     "English BPC":     Metric("bpc", "bpc_en", lower_is_better=True),
     "tokens/char":     Metric("speed", "tokens_per_char", lower_is_better=True),
     "speed-up":        Metric("speed", "speedup", relative_to="Chat"),  # generation characters/s
@@ -76,13 +90,16 @@ def collect(runs_root, preset: str, langs=None) -> dict:
     if langs is None:
         langs = sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "04_eval").is_dir()) \
             if base.is_dir() else []
-    parts = {"results": [], "tokens_per_char": [], "cpt": [], "angles": []}
+    parts = {"results": [], "items": [], "tokens_per_char": [], "cpt": [], "angles": []}
     missing = []
     for lang in langs:
         d = runs.run_dir(runs_root, preset, lang)
         for key, pattern in [("results", "04_eval/results.csv"), ("tokens_per_char", "01_vocab/tokens_per_char.csv"),
                              ("cpt", "02_cpt/*/log.csv"), ("angles", "03_merge/layer_angles.csv")]:
             files = sorted(d.glob(pattern))
+            if key == "results" and (d / "04_eval" / "items.csv").is_file():
+                parts["items"].append(pd.read_csv(d / "04_eval" / "items.csv", dtype={"item": str})
+                                      .assign(lang=str(lang)))
             if not files:
                 missing.append(f"{d / pattern}")
             for f in files:
@@ -202,101 +219,152 @@ def _get(table, lang, model, col):
     return None if pd.isna(v) else float(v)
 
 
-def summary(table: pd.DataFrame, missing=()) -> str:
-    """The claims, checked per language with the numbers; says plainly what does not hold.
+def item_entries(items: pd.DataFrame) -> dict:
+    """{(lang, model, task, metric): metric entry with items} from stage 04's items.csv rows.
 
-    Example: `print(summary(results_table(df)))`.
+    Example: `item_entries(collect("runs", "micro")["items"])[("am", "Chat", "bpc", "bpc")]`.
     """
-    lines = ["# Does the study reproduce the papers' claims?", ""]
+    if items is None or items.empty:
+        return {}
+    items = items[items["group"] == "model"] if "group" in items else items
+    return {(str(k[0]), k[1], k[2], k[3]): paired.entry_from_rows(g)
+            for k, g in items.groupby(["lang", "model", "task", "metric"], sort=False)}
+
+
+def no_signal_columns(table: pd.DataFrame, lang) -> list[str]:
+    """Columns where every model of `lang` is at its metric's floor or ceiling (decide nothing)."""
+    block = table.xs(lang, level=0)
+    return [c for c in table.columns if METRICS[c].floor is not None or METRICS[c].ceiling is not None
+            if paired.no_signal(block[c].tolist(), METRICS[c].floor, METRICS[c].ceiling)]
+
+
+class _Checker:
+    """Paired verdicts for one language: `compare(a, b, column)` -> one summary line."""
+
+    def __init__(self, table, entries, lang):
+        self.table, self.entries, self.lang = table, entries, lang
+        self.silent = set(no_signal_columns(table, lang))
+
+    def value(self, model, col):
+        return _get(self.table, self.lang, model, col)
+
+    def compare(self, claim, a, b, col, relative_margin=0.0):
+        m = METRICS[col]
+        if col in self.silent:
+            return f"- {claim} ({col}): no signal at this scale — every model at floor/ceiling; decides nothing."
+        ea = self.entries.get((self.lang, a, m.task, m.metric))
+        eb = self.entries.get((self.lang, b, m.task, m.metric))
+        if ea is None or eb is None:
+            return f"- {claim} ({col}): cannot check (per-item scores of {a} and {b} needed)."
+        d = paired.difference(ea, eb)
+        vb = self.value(b, col)
+        margin = relative_margin * abs(vb) if vb is not None else 0.0
+        if d["ci95"] is None:
+            return f"- {claim} ({col}): cannot check (no common items)."
+        verdict = paired.verdict(d, m.lower_is_better, margin)
+        lo, hi = d["ci95"]
+        extra = f"; margin {margin:.3g}" if margin else ""
+        return (f"- {claim} ({col}{m.arrow}): **{verdict}** — {a} − {b} = {d['value']:+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}], paired, n = {d['n']}{extra}.")
+
+
+def summary(table: pd.DataFrame, missing=(), items: pd.DataFrame | None = None,
+            results: pd.DataFrame | None = None) -> str:
+    """The papers' claims, each decided per language from a paired bootstrap interval of the
+    difference over the same items: "holds", "does not hold" or "inconclusive at n = ...".
+
+    Example: `print(summary(results_table(df), items=collect(...)["items"]))`.
+    """
+    lines = ["# Does the study reproduce the papers' claims?", "",
+             "Each claim is decided from the 95% paired bootstrap interval of the difference over the "
+             "same items (never from point estimates): **holds** when the whole interval is on the "
+             "claimed side, **does not hold** when it is wholly on the other side, otherwise "
+             "**inconclusive at n = ...**. \"Close to\" claims allow a margin of "
+             f"{1 - RETAIN:.0%} of the reference model's value. Metrics where every model sits at "
+             "floor or ceiling give no signal at this scale.", ""]
     if table.empty:
         return "\n".join(lines + ["No evaluation results found: nothing to check.", ""])
+    entries = item_entries(items)
     for lang in dict.fromkeys(table.index.get_level_values(0)):
-        value = lambda model, col: _get(table, lang, model, col)  # noqa: E731
+        check = _Checker(table, entries, lang)
         lines += [f"## {lang}", ""]
-        for check in (_claim_chat_kept, _claim_gain_kept, _claim_vs_cv, _claim_copy_helps,
-                      _claim_ve_speedup):
-            lines += check(value)
+        if check.silent:
+            lines.append(f"- No signal at this scale: {', '.join(sorted(check.silent))}.")
+        for claim in (_claim_chat_kept, _claim_gain_kept, _claim_vs_cv, _claim_copy_helps):
+            lines += claim(check)
+        lines += _claim_ve_speedup(check, results)
         lines.append("")
-    lines.append("Scores come from small evaluation sets (see n and the intervals in results_long.csv); "
-                 "differences inside the 95% intervals are not conclusive.")
     if missing:
         lines += ["", f"Missing inputs ({len(missing)}): see missing.txt."]
     return "\n".join(lines) + "\n"
 
 
-def _claim_chat_kept(value) -> list[str]:
-    """1. ElChat keeps chat ability close to the source chat model."""
-    lines = []
-    for col in ("IFEval strict", "chat format"):
-        chat, el, ve = value("Chat", col), value("ElChat", col), value("Chat+VE", col)
-        if chat is None or el is None:
-            lines.append(f"- {col}: cannot check (needs Chat and ElChat).")
-        elif chat <= 0:
-            lines.append(f"- ElChat keeps {col} close to Chat: cannot judge — the source Chat "
-                         f"scores {chat:.3f} (ElChat {el:.3f}); more items or a larger model needed.")
-        else:
-            keep = el / chat
-            verdict = "holds" if keep >= RETAIN else "does NOT hold"
-            ve_txt = f", Chat+VE {ve:.3f}" if ve is not None else ""
-            lines.append(f"- ElChat keeps {col} close to Chat: {verdict} — ElChat {el:.3f} vs Chat "
-                         f"{chat:.3f} ({keep:.0%} kept, threshold {RETAIN:.0%}){ve_txt}.")
-    return lines
+RETENTION = ("reply BPC (en)", "reply BPC (L)", "end-of-turn p (en)", "IFEval strict", "chat format")
 
 
-def _claim_gain_kept(value) -> list[str]:
-    """2. ElChat keeps most of Chat+VE's target-language gain."""
-    chat, el, ve = value("Chat", "target BPC"), value("ElChat", "target BPC"), value("Chat+VE", "target BPC")
-    if None in (chat, el, ve):
-        return ["- Target-language gain: cannot check (needs target BPC of Chat, Chat+VE, ElChat)."]
-    if chat - ve <= 0:
-        return [f"- Target-language gain: does NOT hold — Chat+VE ({ve:.3f} BPC) is not better "
-                f"than Chat ({chat:.3f}), so there is no gain to keep (more CPT needed)."]
-    kept = (chat - el) / (chat - ve)
-    verdict = "holds" if kept >= KEEP else "does NOT hold"
-    return [f"- ElChat keeps most of Chat+VE's target-language gain: {verdict} — BPC Chat "
-            f"{chat:.3f}, Chat+VE {ve:.3f}, ElChat {el:.3f} ({kept:.0%} of the gain kept, "
-            f"threshold {KEEP:.0%})."]
+def _claim_chat_kept(check) -> list[str]:
+    """1. ElChat keeps chat ability close to Chat, and better than Chat+VE (paired)."""
+    out = [check.compare("ElChat keeps chat ability close to Chat", "ElChat", "Chat", c, 1 - RETAIN)
+           for c in RETENTION if check.value("ElChat", c) is not None]
+    out += [check.compare("ElChat retains more chat ability than Chat+VE", "ElChat", "Chat+VE", c)
+            for c in RETENTION if check.value("Chat+VE", c) is not None]
+    return out or ["- Chat retention: cannot check (needs Chat, Chat+VE and ElChat)."]
 
 
-def _claim_vs_cv(value) -> list[str]:
-    """3. ElChat vs Chat Vector on chat/IF and English."""
-    if value("CV", "target BPC") is None and value("CV", "IFEval strict") is None:
+def _claim_gain_kept(check) -> list[str]:
+    """2. VE+CPT improves target BPC, and ElChat keeps most of that gain (paired over texts)."""
+    m = METRICS["target BPC"]
+    get = lambda model: check.entries.get((check.lang, model, m.task, m.metric))  # noqa: E731
+    if get("Chat") is None or get("Chat+VE") is None:
+        return ["- Target-language gain: cannot check (needs target BPC items of Chat and Chat+VE)."]
+    out = [check.compare("Chat+VE gains on target text over Chat", "Chat+VE", "Chat", "target BPC")]
+    if get("ElChat") is not None:
+        r = paired.bootstrap([get("Chat"), get("Chat+VE"), get("ElChat")],
+                             lambda c, v, e: (c - e) / (c - v))
+        if r["ci95"] is not None:
+            lo, hi = r["ci95"]
+            verdict = paired.verdict(r, line=KEEP)
+            out.append(f"- ElChat keeps at least {KEEP:.0%} of Chat+VE's target-BPC gain: **{verdict}** — "
+                       f"share kept {r['value']:.2f} [{lo:.2f}, {hi:.2f}], paired, n = {r['n']}.")
+    return out
+
+
+def _claim_vs_cv(check) -> list[str]:
+    """3. ElChat at least as good as Chat Vector (margin as for "close to")."""
+    if check.value("CV", "target BPC") is None:
         return ["- ElChat vs CV: cannot check (no CV row; the preset has no base model)."]
-    lines = []
-    for col in ("IFEval strict", "chat format", "English BPC"):
-        el, cv = value("ElChat", col), value("CV", col)
-        if el is None or cv is None:
-            lines.append(f"- ElChat vs CV on {col}: cannot check (missing).")
-            continue
-        lower = METRICS[col].lower_is_better
-        better = el < cv if lower else el > cv
-        word = "better" if better else ("equal" if el == cv else "worse")
-        verdict = "holds" if better or el == cv else "does NOT hold"
-        lines.append(f"- ElChat at least as good as CV on {col}: {verdict} — ElChat {el:.3f} vs "
-                     f"CV {cv:.3f} ({word}{', lower is better' if lower else ''}).")
-    return lines
+    return [check.compare("ElChat at least as good as CV", "ElChat", "CV", c, 1 - RETAIN)
+            for c in RETENTION + ("English BPC",) if check.value("CV", c) is not None]
 
 
-def _claim_copy_helps(value) -> list[str]:
-    """3b. The special-token copy is what keeps the chat format (ElChat's ablation)."""
-    el, no_copy = value("ElChat", "chat format"), value("ElChat w/o copy", "chat format")
-    if el is None or no_copy is None:
+def _claim_copy_helps(check) -> list[str]:
+    """4. The special-token copy is what keeps the chat format (ElChat's ablation)."""
+    if check.value("ElChat w/o copy", "target BPC") is None:
         return []
-    verdict = "holds" if el > no_copy else ("no difference" if el == no_copy else "does NOT hold")
-    return [f"- Copying the chat-template token rows helps the chat format: {verdict} — "
-            f"ElChat {el:.3f} vs ElChat w/o copy {no_copy:.3f}."]
+    return [check.compare("Copying the chat-template token rows helps", "ElChat", "ElChat w/o copy", c)
+            for c in ("end-of-turn p (en)", "chat format", "reply BPC (en)")
+            if check.value("ElChat w/o copy", c) is not None]
 
 
-def _claim_ve_speedup(value) -> list[str]:
-    """4. Vocabulary expansion makes target text cheaper and generation faster."""
-    tpc_chat, tpc_ve = value("Chat", "tokens/char"), value("Chat+VE", "tokens/char")
-    speedup = value("Chat+VE", "speed-up")
-    if tpc_chat is None or tpc_ve is None:
+def _claim_ve_speedup(check, results) -> list[str]:
+    """5. VE makes target text cheaper (tokens/char, paired over texts) and decoding faster
+    (speed-up: median of interleaved repeats, its interval against 1)."""
+    if check.value("Chat+VE", "tokens/char") is None:
         return ["- VE speed-up: cannot check (needs tokens/char of Chat and Chat+VE)."]
-    verdict = "holds" if tpc_ve < tpc_chat and (speedup is None or speedup > 1) else "does NOT hold"
-    speed_txt = f", measured generation speed-up {speedup:.2f}x" if speedup is not None else ""
-    return [f"- VE makes target text cheaper: {verdict} — tokens/char {tpc_chat:.3f} → "
-            f"{tpc_ve:.3f} ({tpc_ve / tpc_chat:.0%} of the source){speed_txt}."]
+    out = [check.compare("VE makes target text cheaper", "Chat+VE", "Chat", "tokens/char")]
+    rows = pd.DataFrame() if results is None or results.empty else results[
+        (results["lang"].astype(str) == str(check.lang)) & (results["model"] == "Chat+VE")
+        & (results["task"] == "speed")]
+    sp = rows[rows["metric"] == "speedup"] if not rows.empty else rows
+    if not sp.empty and pd.notna(sp["ci_low"].iloc[0]):
+        r = {"value": float(sp["value"].iloc[0]), "n": int(sp["n"].iloc[0]),
+             "ci95": [float(sp["ci_low"].iloc[0]), float(sp["ci_high"].iloc[0])]}
+        ratio = rows[rows["metric"] == "tokens_per_char_ratio"]["value"]
+        exact = f"; exact tokens/char ratio {float(ratio.iloc[0]):.3f}" if not ratio.empty else ""
+        out.append(f"- VE decodes target text faster: **{paired.verdict(r, line=1.0)}** — measured "
+                   f"speed-up {r['value']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] (median of "
+                   f"{r['n']} interleaved repeats){exact}.")
+    return out
 
 
 # ---- figures: each takes (collected data, results table) and returns a Figure or None ----
@@ -354,8 +422,12 @@ def fig_cpt_curves(data, table):
     return fig
 
 
+SWEEP_COLUMNS = ("target BPC", "reply BPC (en)", "end-of-turn p (en)", "IFEval strict", "chat format")
+
+
 def fig_t_sweep(data, table):
-    """ElChat's SLERP weight t: target BPC against IFEval and chat format, one panel per language.
+    """ElChat's SLERP weight t (weight of the source chat model): each metric against t with its 95%
+    interval as a band, one line per language; ElChat's own value (layer-wise t) dashed.
 
     Example: `fig_t_sweep(collect("runs", "micro"), table)` -> a Figure, or None without a sweep.
     """
@@ -363,30 +435,29 @@ def fig_t_sweep(data, table):
     if res.empty or "t" not in res:
         return None
     sweep = res[(res["group"] == "sweep") & res["t"].notna()]
-    langs = sorted(sweep["lang"].unique())
-    if not langs:
+    sweep = sweep.assign(column=[column_of(t, m) for t, m in zip(sweep["task"], sweep["metric"])])
+    cols = [c for c in SWEEP_COLUMNS if c in set(sweep["column"])]
+    if not cols:
         return None
-    plt, sns = _plt()
-    fig, axes = plt.subplots(1, len(langs), figsize=(5 * len(langs), 4), squeeze=False)
-    for ax, lang in zip(axes[0], langs):
-        piv = wide_table(sweep[sweep["lang"] == lang], index=("t",)).sort_index()
-        if "target BPC" not in piv:
-            ax.set_title(f"{lang}: no target BPC in the sweep")
-            continue
-        for col, marker in (("IFEval strict", "o"), ("chat format", "s")):
-            if col in piv:
-                both = pd.concat([piv["target BPC"], piv[col]], axis=1, keys=["x", "y"]).dropna()
-                ax.plot(both["x"], both["y"], marker=marker, label=col)
-                for t, r in both.iterrows():
-                    ax.annotate(f"t={t:g}", (r["x"], r["y"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-                el = (_get(table, lang, "ElChat", "target BPC"), _get(table, lang, "ElChat", col)) if not table.empty else (None, None)
-                if None not in el:
-                    ax.scatter(*el, marker="*", s=250, color="red", zorder=5,
-                               label="ElChat" if col == "IFEval strict" else None)
-        ax.set_xlabel("target BPC (lower is better)")
-        ax.set_ylabel("score")
-        ax.set_title(f"t sweep — {lang}")
-        ax.legend(fontsize=8)
+    plt, _ = _plt()
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.6), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        d = sweep[sweep["column"] == col]
+        for lang, g in d.groupby("lang"):
+            g = g.sort_values("t")
+            line, = ax.plot(g["t"], g["value"], marker="o", label=str(lang))
+            if g["ci_low"].notna().all():
+                ax.fill_between(g["t"].astype(float), g["ci_low"].astype(float), g["ci_high"].astype(float),
+                                alpha=0.2, color=line.get_color())
+            el = _get(table, lang, "ElChat", col) if not table.empty else None
+            if el is not None:
+                ax.axhline(el, ls="--", lw=1, color=line.get_color(), label=f"ElChat ({lang})")
+        n = sorted(set(d["n"].dropna().astype(int)))
+        ax.set_title(f"{col}{METRICS[col].arrow} (n = {', '.join(map(str, n))})", fontsize=10)
+        ax.set_xlabel("t (weight of the source chat model)")
+        ax.legend(fontsize=7)
+    fig.suptitle("t sweep: ElChat merge with weight t on the source chat model in the transition "
+                 "layers; bands: 95% intervals")
     return fig
 
 
@@ -412,30 +483,74 @@ def fig_layer_angles(data, table):
     return fig
 
 
+def _ci_lookup(results: pd.DataFrame) -> dict:
+    """{(lang, model, column): (ci_low, ci_high, n)} of the model rows of results.csv."""
+    if results is None or results.empty:
+        return {}
+    rows = results[results["group"] == "model"] if "group" in results else results
+    out = {}
+    for r in rows.itertuples():
+        col = column_of(r.task, r.metric)
+        if col is not None:
+            out[(str(r.lang), r.model, col)] = (r.ci_low, r.ci_high, r.n)
+    return out
+
+
+def difference_units(table, entries, cis, lang, model, col) -> float:
+    """(model - Chat) / half-width of its 95% interval, signed so that positive = better.
+
+    The interval is the paired bootstrap interval of the difference when both have items, else the
+    two separate intervals combined (sqrt of summed squared half-widths); NaN without intervals.
+    Beyond ±1 the difference lies outside its interval. Example: `difference_units(...) == 2.1`.
+    """
+    m = METRICS[col]
+    sign = -1.0 if m.lower_is_better else 1.0
+    a, b = entries.get((lang, model, m.task, m.metric)), entries.get((lang, "Chat", m.task, m.metric))
+    if a is not None and b is not None:
+        d = paired.difference(a, b, n_boot=500)
+        if d["ci95"] is not None and d["ci95"][1] > d["ci95"][0]:
+            return sign * d["value"] / ((d["ci95"][1] - d["ci95"][0]) / 2)
+    va, vb = _get(table, lang, model, col), _get(table, lang, "Chat", col)
+    ca, cb = cis.get((lang, model, col)), cis.get((lang, "Chat", col))
+    if None in (va, vb, ca, cb) or pd.isna(ca[0]) or pd.isna(cb[0]):
+        return float("nan")
+    half = math.hypot((ca[1] - ca[0]) / 2, (cb[1] - cb[0]) / 2)
+    return sign * (va - vb) / half if half > 0 else float("nan")
+
+
 def fig_heatmap(data, table):
-    """Method x metric across languages; colour = position within the column's range (1 = best),
-    text = value. Example: `fig_heatmap(data, results_table(data["results"]))` -> a Figure, or None.
+    """Method x metric across languages; colour = difference to Chat in units of its 95% interval
+    (positive = better, beyond ±1 = outside the interval, clipped at ±3; Chat itself 0), text = the
+    value and its own interval. Example: `fig_heatmap(data, results_table(data["results"]))`.
     """
     if table.empty:
         return None
     plt, sns = _plt()
-    wide = table.unstack(level=0)  # rows model, columns (metric, lang)
-    wide = wide.loc[[m for m in dict.fromkeys(table.index.get_level_values(1))]]
-    wide = wide.dropna(axis=1, how="all")
-    if wide.empty:
+    entries, cis = item_entries(data.get("items")), _ci_lookup(data.get("results"))
+    models = list(dict.fromkeys(table.index.get_level_values(1)))
+    cells = [(lang, col) for col in table.columns for lang in dict.fromkeys(table.index.get_level_values(0))
+             if table.xs(lang, level=0)[col].notna().any()]
+    if not cells:
         return None
-    score = wide.copy()
-    for col in wide.columns:
-        v = wide[col]
-        lo, hi = v.min(), v.max()
-        s = (v - lo) / (hi - lo) if hi > lo else v * 0 + 1
-        score[col] = 1 - s if METRICS[col[0]].lower_is_better else s
-    wide.columns = score.columns = [f"{m} [{lang}]" for m, lang in wide.columns]
-    fig, ax = plt.subplots(figsize=(1.1 * len(wide.columns) + 2, 0.5 * len(wide) + 2))
-    sns.heatmap(score, annot=wide.round(2), fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax,
-                cbar_kws={"label": "relative (1 = best)"})
+    score = pd.DataFrame(index=models, columns=[f"{c} [{lg}]" for lg, c in cells], dtype=float)
+    text = pd.DataFrame("", index=models, columns=score.columns)
+    ns = []
+    for (lang, col), name in zip(cells, score.columns):
+        for model in models:
+            v = _get(table, lang, model, col)
+            if v is None:
+                continue
+            score.loc[model, name] = 0.0 if model == "Chat" else difference_units(table, entries, cis, lang, model, col)
+            ci = cis.get((lang, model, col))
+            has_ci = ci is not None and pd.notna(ci[0])
+            text.loc[model, name] = f"{v:.3g}" + (f"\n[{ci[0]:.3g}, {ci[1]:.3g}]" if has_ci else "")
+            ns += [int(ci[2])] if ci is not None and pd.notna(ci[2]) else []
+    fig, ax = plt.subplots(figsize=(1.5 * len(score.columns) + 2, 0.7 * len(score) + 2))
+    sns.heatmap(score.clip(-3, 3), annot=text, fmt="", cmap="RdBu", vmin=-3, vmax=3, ax=ax,
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "(model − Chat) / 95% half-width; + = better"})
     ax.grid(False)
-    ax.set_title("Methods x metrics")
+    n_txt = f"n = {min(ns)}–{max(ns)} items per cell" if ns else "n unknown"
+    ax.set_title(f"Methods x metrics vs Chat (|colour| > 1: outside the interval; {n_txt})")
     return fig
 
 
@@ -465,7 +580,8 @@ def write_report(runs_root, preset: str, langs=None) -> dict:
             (tmp / "results_table.md").write_text(f"# Results — preset {preset}\n\n"
                                                   + table_markdown(table, marks), encoding="utf-8")
             data["results"].to_csv(tmp / "results_long.csv", index=False)
-        (tmp / "summary.md").write_text(summary(table, data["missing"]), encoding="utf-8")
+        (tmp / "summary.md").write_text(summary(table, data["missing"], data["items"], data["results"]),
+                                        encoding="utf-8")
         (tmp / "missing.txt").write_text("".join(f"{m}\n" for m in data["missing"]), encoding="utf-8")
         for name, plot in FIGURES.items():
             fig = plot(data, table)
