@@ -145,3 +145,20 @@ def test_hub_id_offline_is_a_clear_error(cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="hub id someone/not-cached could not be downloaded"):
         models.resolve_model_dir("someone/not-cached")
+
+
+def test_cpt_train_refuses_before_tokenizing(tiny_pair, chat_state, tmp_path):
+    """The Python API (notebook 02) is as strict as the command: cpt.train checks the directory
+    before it tokenizes the corpus (its token cache stays empty) or writes anything."""
+    pickled = _copy_meta(tiny_pair["chat"], tmp_path / "pickled")
+    torch.save({"unrelated.weight": torch.zeros(3)}, pickled / "pytorch_model.bin")
+    half = _copy_meta(tiny_pair["chat"], tmp_path / "half")
+    save_file({k: v for k, v in chat_state.items() if ".layers.1." not in k}, half / "model.safetensors",
+              metadata={"format": "pt"})
+    texts = ["ሰላም ለዓለም። " * 20] * 8
+    for model_dir, match in [(pickled, r"no \*\.safetensors weights"), (half, r"missing \(model\.layers\.1\.")]:
+        out, cache = tmp_path / f"out_{model_dir.name}", tmp_path / f"cache_{model_dir.name}"
+        config = cpt.CPTConfig(max_steps=1, block_size=16, batch_size=1, cache_dir=str(cache))
+        with pytest.raises(UserError, match=match):
+            cpt.train(model_dir, texts, texts[:2], out, config)
+        assert not out.exists() and not (cache.exists() and any(cache.iterdir()))
