@@ -99,6 +99,7 @@ def test_chat_format_checks():
     assert chat_format.checks(ext, "ru", special)["right_language"] is True
     reqs = chat_format.requests("am", "Amharic")
     assert [c for _, c in reqs[:4]] == ["am", "en", "am", "en"] and "Amharic" in reqs[0][0]
+    assert len(reqs) >= 100 and len({u for u, _ in reqs}) == len(reqs)
 
 
 def test_refusal_detector():
@@ -114,7 +115,7 @@ def test_safety_prompts_are_matched_pairs():
     ps = safety.load_prompts()
     harmful = [p for p in ps if p["kind"] == "harmful"]
     benign = [p for p in ps if p["kind"] == "benign"]
-    assert len(harmful) == len(benign) >= 15
+    assert len(harmful) == len(benign) >= 40
     assert [p["id"][1:] for p in harmful] == [p["id"][1:] for p in benign]
 
 

@@ -6,8 +6,9 @@ Per response, three checks (forgetting after continual pre-training shows here f
   line (`assistant`, `User:`, ...) — signs the model continues the conversation by itself;
 - `right_language`: at least half of the letters are in the requested language's script
   (`elchat.scripts`: the script of a letter is the first word of its Unicode name; English = Latin).
-`all_ok` is the share passing all three. Half of the questions ask for an answer in the target
-language, half in English (all in English when the language is a text file).
+`all_ok` is the share passing all three. Every question is asked twice, for an answer in the
+target language and in English (50 questions, 100 requests; only English when the language is a
+text file).
 """
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ QUESTIONS = [
     "How do I write a short letter?", "What do farmers do?", "Why do birds sing?",
     "What is a good way to relax?", "How many days are in a week?", "What is music?",
     "How do I stay healthy?", "What is a library?", "Describe the sea in one sentence.",
+    "What is a good gift for a friend?", "How do I plant a tree?", "Why is the sky blue?",
+    "What should I pack for a short trip?", "How do I cook rice?", "What is a doctor's job?",
+    "Name two animals that live in the sea.", "How can I sleep better?", "What is a map for?",
+    "How do I thank someone for help?", "What do bees make?", "Why do we wash our hands?",
+    "What is a good name for a cat?", "How do I start a new hobby?", "What is rain?",
+    "How can I be a good neighbour?", "What is a market?", "Why do leaves fall in autumn?",
+    "How do I ask for directions?", "What is a holiday?", "Give me one tip for cooking.",
+    "What is the moon?", "How do I keep my room tidy?", "Why do people read books?",
+    "What is a bicycle?", "How do I make a new friend?",
 ]
 
 _ROLE = re.compile(r"(?im)^\s*(system|user|assistant|human|ai)\s*(:|$)")
@@ -44,12 +54,11 @@ def checks(response: dict, lang: str | None, special_tokens) -> dict:
 
 
 def requests(lang: str | None, lang_name: str | None) -> list[tuple[str, str]]:
-    """(user message, requested language code) pairs, alternating target and English."""
-    out = []
-    for i, q in enumerate(QUESTIONS):
-        code, name = ("en", "English") if i % 2 or lang not in LANGUAGE_SCRIPTS else (lang, lang_name)
-        out.append((f"{q} Please answer in {name}.", code))
-    return out
+    """(user message, requested language code) pairs: each question in the target language, then in
+    English (English only for a language without a known script)."""
+    targets = [(lang, lang_name)] if lang in LANGUAGE_SCRIPTS and lang != "en" else []
+    return [(f"{q} Please answer in {name}.", code)
+            for q in QUESTIONS for code, name in targets + [("en", "English")]]
 
 
 def run(ctx) -> dict:

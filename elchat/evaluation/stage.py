@@ -51,6 +51,8 @@ TASK_MODULES = {"bpc": bpc, "mt": mt, "mc": mc, "ifeval": ifeval, "chat_format":
                 "safety": safety, "reply": reply, "speed": speed,
                 "harness": harness}
 CHAT_TASKS = ("ifeval", "chat_format", "safety")
+# forward passes only (no decoding loop): cheap, so `task_limits` gives them many items on the sweep too
+FORWARD_TASKS = ("bpc", "mc", "reply")
 PAIR_TASKS = ("mt", "mc")
 DEFAULT_MAX_NEW_TOKENS = 64
 REFERENCE_MODEL = "Chat"  # the source chat model: what `speed` of every other model is relative to
@@ -204,7 +206,8 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
     `sweep_tasks`; writes `out_dir/results/<model>.json`, `out_dir/results.csv` and
     `out_dir/items.csv` (every item score, for paired comparisons), returns results.csv's rows.
 
-    Limits of 0 or None mean all items; `task_limits` ({task: items}) overrides both per task.
+    Limits of 0 or None mean all items; `task_limits` ({task: items}) overrides `limit` per task
+    for the main models, and `sweep_limit` for the forward-pass tasks (`FORWARD_TASKS`) of the sweep.
     `speed` is relative to the model named `REFERENCE_MODEL` (Chat itself included: its speed-up
     against itself checks the measurement), and `reply` scores that model's replies, cached in
     `out_dir/replies/`.
@@ -214,6 +217,8 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
         raise FileNotFoundError("no model to evaluate: none of the models stage 03 listed exists; "
                                 "re-run notebooks/03_merging.ipynb")
     reference = models.get(REFERENCE_MODEL)
+    task_limits = check_task_limits(task_limits)
+    sweep_limits = {k: v for k, v in task_limits.items() if k in FORWARD_TASKS}
     jobs = [(name, path, tasks, limit, "model", None) for name, path in models.items()]
     jobs += [(f"t={t:.2f}", path, sweep_tasks, sweep_limit, "sweep", t) for t, path in sorted(sweep.items())]
     rows, items, total = [], [], 0.0
@@ -221,7 +226,8 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
         t0 = time.perf_counter()
         res = evaluate(path, lang, job_tasks, limit=job_limit or None, batch_size=eval_batch_size,
                        seed=seed, reference=reference, device=device, max_new_tokens=max_new_tokens,
-                       name=name, task_limits=task_limits, cache_dir=Path(out_dir) / "replies")
+                       name=name, task_limits=task_limits if group == "model" else sweep_limits,
+                       cache_dir=Path(out_dir) / "replies")
         save_results(res, Path(out_dir) / "results" / result_file_name(name))
         rows += [{**row, "group": group, "t": t} for row in to_rows(res)]
         items += [{**row, "group": group, "t": t} for row in item_rows(res)]
