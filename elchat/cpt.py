@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, get_cosine_schedule_with_warmup,
@@ -804,6 +805,9 @@ def _accelerator(config: CPTConfig, cpu: bool, mixed_precision: str, out_dir: Pa
     """The accelerate engine: `accelerate launch --config_file configs/accelerate/<x>.yaml` picks
     DDP/FSDP/DeepSpeed and the process count; `config.dtype` picks the precision."""
     tracker = None if config.log_with == "none" else config.log_with
+    # accelerate keeps one process-wide state that refuses a second precision; each run picks its
+    # own (a notebook or a test may train fp32 after bf16). The process group (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=tracker,
                               project_dir=str(out_dir / TRACKER) if tracker else None)
     if config.strategy == "lora" and accelerator.distributed_type in SHARDED:

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
+from transformers import AutoTokenizer
 
 from elchat import checkpoint, cpt
 from elchat.chunked_loss import loss_module
 from elchat.cpt import CPTConfig, train
-from elchat.models import load_model
+from elchat.model_files import load_model
 
 
 def run_cpt(job: dict, out: str, resume: bool = False) -> None:
@@ -88,7 +89,7 @@ def fsdp_save_logic(job: dict) -> None:
     assert checkpoint.is_sharded(model)
     _step(model, optimizer, scheduler, seed=1)
     run = types.SimpleNamespace(accelerator=accelerator, raw_model=raw, config=CPTConfig(**job["config"]),
-                                tokenizer=cpt.AutoTokenizer.from_pretrained(job["model"]),
+                                tokenizer=AutoTokenizer.from_pretrained(job["model"]),
                                 source_dtype=torch.float32, model=model)
     before = _full(model)
     cpt._write_model(run, root / "model", raw)
