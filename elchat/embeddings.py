@@ -6,7 +6,11 @@ tokenization is s_1..s_k (old ids) gets, separately for the input matrix E and t
 (one matrix when tied):
 
 - `mean`    E[t] = (1/k) sum_i E[s_i]  (ElChat: Yamaguchi, Morishita, Villavicencio & Aletras
-            2025, arXiv:2412.11704; LEP's default);
+            2025, arXiv:2412.11704; LEP's default). s_1..s_k are the pieces of the token's true
+            text. The released ElChat code (chat-cve `instantiation/src/methods/mean.py`)
+            re-tokenizes the token's *string* instead; for byte-level BPE that string spells the
+            bytes as stand-in characters (Amharic "ሰ" is "áĪ°"), so it averages the rows of those
+            characters' pieces, not of the token's — the kit follows the paper's method;
 - `merge`   E[t] = (E[a] + E[b]) / 2 for the BPE merge (a, b) that creates t, a new part resolved
             recursively the same way (so deeper parts weigh less);
 - `wmean`   E[t] = sum_i w_i E[s_i] with w_i proportional to p_i / (i + 1): earlier pieces carry
