@@ -231,6 +231,27 @@ def item_entries(items: pd.DataFrame) -> dict:
             for k, g in items.groupby(["lang", "model", "task", "metric"], sort=False)}
 
 
+def paired_differences(items: pd.DataFrame, reference: str = "Chat") -> pd.DataFrame:
+    """Every model minus `reference` on every reported column with per-item scores: the paired
+    difference, its 95% interval, n and the reading ("better", "worse", "inconclusive at n = ...").
+
+    Example: `paired_differences(pd.read_csv(run / "04_eval/items.csv", dtype={"item": str}))`.
+    """
+    entries, rows = item_entries(items), []
+    for (lang, model, task, metric), entry in entries.items():
+        col, ref = column_of(task, metric), entries.get((lang, reference, task, metric))
+        if col is None or ref is None or model == reference:
+            continue
+        d = paired.difference(entry, ref)
+        verdict = paired.verdict(d, METRICS[col].lower_is_better)
+        reading = {"holds": "better", "does not hold": "worse"}.get(verdict, verdict)
+        lo, hi = d["ci95"] or (None, None)
+        rows.append({"lang": lang, "model": model, "column": col + METRICS[col].arrow,
+                     f"minus {reference}": d["value"], "ci_low": lo, "ci_high": hi, "n": d["n"],
+                     "reading": reading})
+    return pd.DataFrame(rows)
+
+
 def no_signal_columns(table: pd.DataFrame, lang) -> list[str]:
     """Columns where every model of `lang` is at its metric's floor or ceiling (decide nothing)."""
     block = table.xs(lang, level=0)

@@ -182,3 +182,11 @@ def test_metrics_is_one_pair_per_column_and_names_what_tasks_produce():
     assert report.headers()["speed-up"] == "speed-up (vs Chat)"
     assert [c for c, m in report.METRICS.items() if m.lower_is_better] == [
         "target BPC", "reply BPC (en)", "reply BPC (L)", "English BPC", "tokens/char"]
+
+
+def test_paired_differences_table_reads_each_model_against_chat():
+    items = _items("am", {"Chat": 0.0, "Chat+VE": 0.07, "ElChat": 0.0})
+    diffs = report.paired_differences(items).set_index(["model", "column"])
+    ve = diffs.loc[("Chat+VE", "reply BPC (en) ↓")]
+    assert ve["minus Chat"] == pytest.approx(0.07, abs=0.005) and ve["reading"] == "worse" and ve["n"] == 40
+    assert diffs.loc[("ElChat", "reply BPC (en) ↓"), "reading"] == "inconclusive at n = 40"
