@@ -16,37 +16,50 @@ from conftest import make_chatml_tokenizer, make_tiny_model
 LANG, LIMIT = "am", 4
 
 
-@pytest.fixture(scope="module")
-def bos_model(tmp_path_factory):
-    """A tiny random Llama (hidden 32) whose tokenizer adds BOS, as Llama-3's does: then lm-eval
-    and the kit condition on the same first token (see the harness module docstring)."""
+def _tiny_model(root, bos: bool):
+    """A tiny random Llama (hidden 32) with a ChatML tokenizer trained on the pairs: without BOS
+    (as SmolLM2/Qwen: the kit conditions on the document separator) or adding BOS (as Llama-3)."""
     pairs = data.load_pairs(LANG, "test")
     fast = make_chatml_tokenizer([t for p in pairs for t in p], vocab_size=600)
-    fast.bos_token = "<|endoftext|>"
-    fast.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)])
-    path = tmp_path_factory.mktemp("harness") / "bos_chat"
+    if bos:
+        fast.bos_token = "<|endoftext|>"
+        fast.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)])
     model = make_tiny_model(len(fast), tied=False, seed=5)
-    model.config.bos_token_id = 0
-    model.save_pretrained(path, safe_serialization=True)
-    fast.save_pretrained(path)
-    assert AutoTokenizer.from_pretrained(path)("a")["input_ids"][0] == 0
-    return path
+    model.save_pretrained(root, safe_serialization=True)
+    fast.save_pretrained(root)
+    assert (AutoTokenizer.from_pretrained(root)("a")["input_ids"][0] == 0) == bos
+    return root
+
+
+@pytest.fixture(scope="module", params=["no_bos", "bos"])
+def agreement_model(request, tmp_path_factory):
+    return _tiny_model(tmp_path_factory.mktemp("harness") / request.param, request.param == "bos")
 
 
 @pytest.fixture(scope="module")
-def lm_eval_raw(bos_model, tmp_path_factory):
+def bos_model(tmp_path_factory):
+    return _tiny_model(tmp_path_factory.mktemp("harness") / "model", bos=False)
+
+
+@pytest.fixture(scope="module")
+def lm_eval_raw(agreement_model, tmp_path_factory):
     """lm-eval's own output (every sample) for the three local tasks, offline."""
-    lm = harness._lm(bos_model, 4, "cpu")
+    lm = harness._lm(agreement_model, 4, "cpu")
     task_dir = harness.write_tasks(tmp_path_factory.mktemp("tasks"), harness.local_tasks(LANG), LANG,
-                                   chat=True, max_new_tokens=8)
+                                   chat=True, max_new_tokens=8, prefix=harness.prefix_text(lm.tokenizer))
     return harness.run_lm_eval(lm, harness.local_tasks(LANG), task_dir, chat=True, limit=LIMIT)
 
 
-def test_mc_accuracy_equals_kit_scorer(bos_model, lm_eval_raw):
-    """Same items, same normalization (log-likelihood per character): equal accuracy."""
-    model, tok = load(bos_model, "cpu")
+def test_mc_accuracy_equals_kit_scorer(agreement_model, lm_eval_raw):
+    """Same items, same conditioning token, same normalization (log-likelihood per character): the
+    same option is right or wrong on every item, so accuracy is equal."""
+    model, tok = load(agreement_model, "cpu")
     ctx = Context(model, tok, LANG, data.LANGUAGES[LANG], limit=LIMIT, batch_size=4)
+    items = ctx.take(mc.build_items(data.load_pairs(LANG, "test"), ctx.seed))
+    kit_correct = [float(p == it["answer"]) for p, it in zip(mc.choose(ctx, items), items)]
+    samples = sorted(lm_eval_raw["samples"][f"elchat_mc_{LANG}"], key=lambda s: s["doc_id"])
+    assert [s["acc_char"] for s in samples] == kit_correct
     kit = mc.run(ctx, data.load_pairs(LANG, "test"))["accuracy"]
     got = harness.to_metrics(lm_eval_raw)[f"elchat_mc_{LANG}/acc_char"]
     assert got["n"] == kit["n"] == LIMIT

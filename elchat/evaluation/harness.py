@@ -19,9 +19,9 @@ Task names (`resolve_tasks`):
 Chat tasks (`is_chat_task`) go through the model's chat template (lm-eval's
 `apply_chat_template`), the others get plain prompts, as in the kit's own `mt` and `mc`. The MC
 option is picked by log-likelihood per character (the kit's rule; `utils.process_mc`), next to
-lm-eval's `acc`. Both agree with the kit's `mc` when the tokenizer itself adds BOS; for a tokenizer
-without BOS lm-eval conditions on nothing where the kit's scorer conditions on the document
-separator (`bpc.prefix_token_id`), so the two can differ on a few items.
+lm-eval's `acc`. Each MC context starts with the kit's conditioning token (`prefix_text`: BOS, else
+the document separator; lm-eval alone would condition a tokenizer without BOS on nothing), so
+lm-eval scores the very token sequences the kit's `mc` scores.
 
 The kit keeps its own IFEval-style checker (`ifeval.py`) offline: lm-eval's `ifeval` needs nltk's
 punkt data, which no PyPI package ships. Tasks that need the hub are named before anything runs
@@ -43,6 +43,7 @@ from ..atomic import atomic_write_text
 from ..device import pick_device
 from ..errors import UserError, is_count
 from . import mc
+from .bpc import prefix_token_id
 from .generate import resolve_model
 from .results import load_results, metric, save_results, to_rows
 
@@ -144,11 +145,12 @@ def check_hub(tasks: list[str], lang: str) -> None:
                         f"{','.join(local_tasks(lang))}")
 
 
-def _items(kind: str, lang: str, seed: int) -> list[dict]:
+def _items(kind: str, lang: str, seed: int, prefix: str = "") -> list[dict]:
     """JSONL rows of one local task: the same items the kit's `mt` / `mc` score."""
     name = data.LANGUAGES[lang]
     if kind == "mc":
-        return [{**it, "lang_name": name} for it in mc.build_items(data.load_pairs(lang, "test"), seed)]
+        return [{**it, "lang_name": name, "prefix": prefix}
+                for it in mc.build_items(data.load_pairs(lang, "test"), seed)]
     return _translation_rows(data.load_pairs(lang, "test"), name, kind.endswith("en2x"))
 
 
@@ -173,8 +175,10 @@ def _write_task(task_dir: Path, task: str, template: str, rows: list[dict] | Non
 
 
 def write_tasks(task_dir, tasks: list[str], lang: str, chat: bool, seed: int = 0,
-                max_new_tokens: int = 64) -> Path:
+                max_new_tokens: int = 64, prefix: str = "") -> Path:
     """Write the kit's tasks among `tasks` into `task_dir` (YAML is JSON-compatible); returns it.
+
+    `prefix`: the text of the token MC contexts start with (`prefix_text`), as in the kit's `mc`.
 
     Example: `write_tasks(tmp, local_tasks("am"), "am", chat=True)`.
     """
@@ -185,7 +189,7 @@ def write_tasks(task_dir, tasks: list[str], lang: str, chat: bool, seed: int = 0
     for task in tasks:
         kind = _local_kind(task, lang)
         if kind == "mc":
-            _write_task(task_dir, task, "_elchat_mc.yaml", _items("mc", lang, seed), {})
+            _write_task(task_dir, task, "_elchat_mc.yaml", _items("mc", lang, seed, prefix), {})
         elif kind:
             _write_task(task_dir, task, "_elchat_mt.yaml", _items(kind, lang, seed),
                         {"doc_to_text": prompt, "generation_kwargs": gen})
@@ -198,6 +202,15 @@ def write_tasks(task_dir, tasks: list[str], lang: str, chat: bool, seed: int = 0
             _write_task(task_dir, task, "_elchat_xlsum.yaml", None,
                         {"dataset_name": XLSUM_NAMES[lang]})
     return task_dir
+
+
+def prefix_text(tokenizer) -> str:
+    """The token the kit's log-likelihoods condition on, as text (BOS, else the document separator).
+
+    Example: `prefix_text(smollm2_tokenizer) == "<|endoftext|>"`.
+    """
+    token_id = prefix_token_id(tokenizer)
+    return "" if token_id is None else tokenizer.convert_ids_to_tokens(token_id)
 
 
 def to_metrics(lm_results: dict) -> dict:
@@ -274,7 +287,7 @@ def evaluate(model, lang: str, tasks, limit=None, batch_size: int = 8, device: s
     lm = _lm(model, batch_size, device)
     chat = bool(getattr(lm.tokenizer, "chat_template", None))
     with tempfile.TemporaryDirectory(prefix="elchat-harness-") as tmp:
-        write_tasks(tmp, tasks, lang, chat, seed, max_new_tokens)
+        write_tasks(tmp, tasks, lang, chat, seed, max_new_tokens, prefix_text(lm.tokenizer))
         res = run_lm_eval(lm, tasks, tmp, chat, limit or None, seed)
     notes = [] if chat or not any(map(is_chat_task, tasks)) else \
         ["model has no chat template: chat tasks used plain prompts"]
