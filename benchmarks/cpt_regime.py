@@ -79,6 +79,7 @@ def main(argv=None) -> pd.DataFrame:
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         table.assign(strategy=args.strategy, block=args.block, batch=args.batch, run=str(run),
+                     source=runs.read_sources(run).get("notes", ""),
                      limit=args.limit).to_csv(args.save, index=False)
     return table
 
