@@ -79,6 +79,10 @@ METRICS: dict[str, Metric] = {
 MODEL_ORDER = ["Chat", "Chat+VE", "CV", "ElChat", "ElChat w/o copy", "LEP", "Base"]
 RETAIN = 0.9   # "close to the source chat model": keeps >= 90% of its score
 KEEP = 0.5     # "most of the target-language gain": >= half of Chat+VE's BPC improvement
+# A measured speed-up counts only beyond 1 + this: the interval over a handful of repeats misses slow
+# drifts of machine load (the same-architecture nano pair, whose true ratio is 1, measured 1.13x
+# [1.04, 1.23] over 3 repeats on a loaded 2-core machine).
+SPEED_TOLERANCE = 0.15
 
 
 def collect(runs_root, preset: str, langs=None) -> dict:
@@ -382,9 +386,11 @@ def _claim_ve_speedup(check, results) -> list[str]:
              "ci95": [float(sp["ci_low"].iloc[0]), float(sp["ci_high"].iloc[0])]}
         ratio = rows[rows["metric"] == "tokens_per_char_ratio"]["value"]
         exact = f"; exact tokens/char ratio {float(ratio.iloc[0]):.3f}" if not ratio.empty else ""
-        out.append(f"- VE decodes target text faster: **{paired.verdict(r, line=1.0)}** — measured "
-                   f"speed-up {r['value']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] (median of "
-                   f"{r['n']} interleaved repeats){exact}.")
+        verdict = paired.verdict(r, line=1.0 + SPEED_TOLERANCE)
+        out.append(f"- VE decodes target text faster (by more than the {SPEED_TOLERANCE:.0%} measurement "
+                   f"tolerance): **{verdict}** — measured speed-up {r['value']:.2f}x "
+                   f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] (median of {r['n']} interleaved "
+                   f"repeats){exact}.")
     return out
 
 
