@@ -572,6 +572,8 @@ def fig_heatmap(data, table):
             has_ci = ci is not None and pd.notna(ci[0])
             text.loc[model, name] = f"{v:.3g}" + (f"\n[{ci[0]:.3g}, {ci[1]:.3g}]" if has_ci else "")
             ns += [int(ci[2])] if ci is not None and pd.notna(ci[2]) else []
+    # a cell with a value but no interval (or a zero-width one) is drawn neutral, its text kept
+    score = score.mask(score.isna() & (text != ""), 0.0)
     fig, ax = plt.subplots(figsize=(1.5 * len(score.columns) + 2, 0.7 * len(score) + 2))
     sns.heatmap(score.clip(-3, 3), annot=text, fmt="", cmap="RdBu", vmin=-3, vmax=3, ax=ax,
                 annot_kws={"fontsize": 7}, cbar_kws={"label": "(model − Chat) / 95% half-width; + = better"})
