@@ -67,20 +67,30 @@ def _tokenizers(chain):
             AutoTokenizer.from_pretrained(chain["run"] / "01_vocab/chat_ve"), sources)
 
 
+_MODELS: dict = {}
+
+
+def _bpe_model(old_tok):
+    """(vocab, merge ranks) of a tokenizer, parsed once per tokenizer object."""
+    key = id(old_tok)
+    if key not in _MODELS:
+        model = json.loads(old_tok.backend_tokenizer.to_str())["model"]
+        _MODELS[key] = (old_tok, model["vocab"], {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): r
+                                                  for r, m in enumerate(model["merges"])})
+    return _MODELS[key][1:]
+
+
 def reference_pieces(old_tok, token: str) -> list[int]:
     """The source tokenization of one new token, by plain BPE over the old merges (written here,
     independently of elchat): lowest-ranked merge first; SentencePiece pieces missing from the
     vocabulary fall back to their UTF-8 bytes <0xXX>."""
-    model = json.loads(old_tok.backend_tokenizer.to_str())["model"]
-    ranks = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): r
-             for r, m in enumerate(model["merges"])}
+    vocab, ranks = _bpe_model(old_tok)
     parts = list(token)
     while len(parts) > 1:
         rank, j = min((ranks.get((a, b), 1 << 60), j) for j, (a, b) in enumerate(zip(parts, parts[1:])))
         if rank == 1 << 60:
             break
         parts[j:j + 2] = [parts[j] + parts[j + 1]]
-    vocab = model["vocab"]
     return [i for p in parts for i in ([vocab[p]] if p in vocab else
                                         [vocab[f"<0x{b:02X}>"] for b in p.encode("utf-8")])]
 
