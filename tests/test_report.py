@@ -190,3 +190,22 @@ def test_paired_differences_table_reads_each_model_against_chat():
     ve = diffs.loc[("Chat+VE", "reply BPC (en) ↓")]
     assert ve["minus Chat"] == pytest.approx(0.07, abs=0.005) and ve["reading"] == "worse" and ve["n"] == 40
     assert diffs.loc[("ElChat", "reply BPC (en) ↓"), "reading"] == "inconclusive at n = 40"
+
+
+def test_heatmap_colour_is_difference_to_chat_in_interval_units():
+    idx = pd.MultiIndex.from_tuples([("am", "Chat"), ("am", "ElChat")], names=["lang", "model"])
+    table = pd.DataFrame({"target BPC": [3.0, 2.5], "chat format": [0.8, 0.6]}, index=idx)
+    cis = {("am", "Chat", "target BPC"): (2.9, 3.1, 20), ("am", "ElChat", "target BPC"): (2.3, 2.7, 20),
+           ("am", "Chat", "chat format"): (0.7, 0.9, 20), ("am", "ElChat", "chat format"): (0.5, 0.7, 20)}
+    # no items: the two intervals combined; lower BPC is better, so ElChat's -0.5 is +0.5 / hypot(0.1, 0.2)
+    assert report.difference_units(table, {}, cis, "am", "ElChat", "target BPC") == pytest.approx(0.5 / (0.1 ** 2 + 0.2 ** 2) ** 0.5)
+    assert report.difference_units(table, {}, cis, "am", "ElChat", "chat format") == pytest.approx(-0.2 / (2 * 0.1 ** 2) ** 0.5)
+    # with items, the unit is the half-width of the paired interval of the difference (far narrower)
+    from elchat.evaluation import paired
+
+    entries = report.item_entries(_items("am", {"Chat": 0.0, "ElChat": 0.07}))
+    d = paired.difference(entries[("am", "ElChat", "reply", "bpc_en")], entries[("am", "Chat", "reply", "bpc_en")],
+                          n_boot=500)
+    table2 = pd.DataFrame({"reply BPC (en)": [1.0, 1.07]}, index=idx)
+    got = report.difference_units(table2, entries, {}, "am", "ElChat", "reply BPC (en)")
+    assert got == pytest.approx(-d["value"] / ((d["ci95"][1] - d["ci95"][0]) / 2)) and got < -1
