@@ -98,7 +98,9 @@ def reference_pieces(old_tok, token: str) -> list[int]:
 def guard_texts() -> dict:
     from elchat.data import load_texts
 
-    code = open(embeddings.__file__, encoding="utf-8").read()
+    # Source code, ASCII lines only: the promise covers text without target-script characters
+    # (embeddings.py's docstring quotes an Amharic letter).
+    code = "".join(line for line in open(embeddings.__file__, encoding="utf-8") if line.isascii())
     return {lang: load_texts(lang, "test")[:GUARD_DOCS] for lang in ("en", "ta", "ru", "zh_TW")} | {"code": [code]}
 
 
