@@ -114,3 +114,22 @@ def tiny_tied_chat(tmp_path_factory, tiny_tokenizer):
     """HF directory of a tiny chat model with tied input/output embeddings (as SmolLM2)."""
     root = tmp_path_factory.mktemp("tiny_tied")
     return _save(make_tiny_model(len(tiny_tokenizer), tied=True, seed=2), tiny_tokenizer, root / "chat")
+
+
+# CPT tests (test_cpt*.py) train on this tiny English corpus.
+CPT_DOCS = [f"Document {i}: the quick brown fox jumps over the lazy dog {i % 7} times, then rests."
+            for i in range(60)]
+CPT_VALID = ["The weather today is sunny with a light wind.", "Hello! How are you today?"]
+
+
+@pytest.fixture
+def one_thread_own_cache(monkeypatch, tmp_path_factory):
+    """One torch thread (tiny matmuls on two busy shared cores run far faster without OpenMP
+    contention) and a cache of the session's own, so packed corpora never leak between runs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("ELCHAT_CACHE", str(tmp_path_factory.getbasetemp() / "elchat_cache"))
+    yield
+    torch.set_num_threads(threads)

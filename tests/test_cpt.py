@@ -17,20 +17,10 @@ from elchat.checkpoint import find_checkpoint
 from elchat.cpt import CPTConfig, train
 from elchat.packing import document_separator, pack_blocks, token_stream
 
-DOCS = [f"Document {i}: the quick brown fox jumps over the lazy dog {i % 7} times, then rests."
-        for i in range(60)]
-VALID = ["The weather today is sunny with a light wind.", "Hello! How are you today?"]
+from conftest import CPT_DOCS as DOCS, CPT_VALID as VALID  # noqa: E402
+
 TIMING = {"tokens_per_s", "elapsed_s"}
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch, tmp_path_factory):
-    # One thread: tiny matmuls on two busy shared cores are far faster without OpenMP contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("ELCHAT_CACHE", str(tmp_path_factory.getbasetemp() / "elchat_cache"))
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 
 
 def small(**kw) -> CPTConfig:

@@ -11,18 +11,9 @@ from safetensors.torch import load_file
 from elchat import device
 from elchat.cpt import CPTConfig, train
 
-DOCS = [f"Document {i}: the quick brown fox jumps over the lazy dog {i % 7} times, then rests."
-        for i in range(60)]
-VALID = ["The weather today is sunny with a light wind.", "Hello! How are you today?"]
+from conftest import CPT_DOCS as DOCS, CPT_VALID as VALID  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("ELCHAT_CACHE", str(tmp_path_factory.getbasetemp() / "elchat_cache"))
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 
 
 def small(**kw) -> CPTConfig:
