@@ -133,3 +133,18 @@ def one_thread_own_cache(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("ELCHAT_CACHE", str(tmp_path_factory.getbasetemp() / "elchat_cache"))
     yield
     torch.set_num_threads(threads)
+
+
+def plain_bpe(token: str, ranks: dict) -> list[str]:
+    """A token's pieces by plain BPE (lowest-ranked merge first) over `ranks` {(a, b): rank}:
+    the source tokenization, written here independently of elchat.
+
+    Example: `plain_bpe("abc", {("a", "b"): 0}) == ["ab", "c"]`.
+    """
+    parts = list(token)
+    while len(parts) > 1:
+        rank, j = min((ranks.get((a, b), 1 << 60), j) for j, (a, b) in enumerate(zip(parts, parts[1:])))
+        if rank == 1 << 60:
+            break
+        parts[j:j + 2] = [parts[j] + parts[j + 1]]
+    return parts

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import plain_bpe
 from elchat import embeddings, runner, runs, tiny_families
 from elchat.chat_tokens import chat_special_tokens
 from elchat.paths import PARAMS_DIR
@@ -85,12 +86,7 @@ def reference_pieces(old_tok, token: str) -> list[int]:
     independently of elchat): lowest-ranked merge first; SentencePiece pieces missing from the
     vocabulary fall back to their UTF-8 bytes <0xXX>."""
     vocab, ranks = _bpe_model(old_tok)
-    parts = list(token)
-    while len(parts) > 1:
-        rank, j = min((ranks.get((a, b), 1 << 60), j) for j, (a, b) in enumerate(zip(parts, parts[1:])))
-        if rank == 1 << 60:
-            break
-        parts[j:j + 2] = [parts[j] + parts[j + 1]]
+    parts = plain_bpe(token, ranks)
     return [i for p in parts for i in ([vocab[p]] if p in vocab else
                                         [vocab[f"<0x{b:02X}>"] for b in p.encode("utf-8")])]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import plain_bpe
 from elchat import embeddings, vocab
 
 AMHARIC = ("ሰላም ለዓለም ይህ የአማርኛ ጽሑፍ ነው ኢትዮጵያ በአፍሪካ ቀንድ ትገኛለች አዲስ አበባ ዋና ከተማ ናት "
@@ -35,13 +36,7 @@ def _reference_bpe(old_tok, token: str) -> list[int]:
     model = json.loads(old_tok.backend_tokenizer.to_str())["model"]
     ranks = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): r
              for r, m in enumerate(model["merges"])}
-    parts = list(token)
-    while len(parts) > 1:
-        rank, j = min((ranks.get((a, b), 1 << 60), j) for j, (a, b) in enumerate(zip(parts, parts[1:])))
-        if rank == 1 << 60:
-            break
-        parts[j:j + 2] = [parts[j] + parts[j + 1]]
-    return [model["vocab"][p] for p in parts]
+    return [model["vocab"][p] for p in plain_bpe(token, ranks)]
 
 
 def _expected_mean(old_tok, new_tok, matrix):
