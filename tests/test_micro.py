@@ -139,10 +139,14 @@ def test_unigram_bpc_matches_hand_computation():
     assert unigram_bpc(["aab"], ["abc"]) == pytest.approx(expected)
 
 
-def test_end_of_turn_rate_counts_only_im_end(nano):
-    """The rate through the kit's decoder equals a plain `model.generate` that stops at <|im_end|> only."""
+def test_end_of_turn_rate_counts_only_im_end(nano, monkeypatch):
+    """The rate through the kit's decoder equals a plain `model.generate` that stops at <|im_end|> only
+    (both in float32: the kit's bf16 decoding copy is tested in test_eval_decoding.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from elchat.evaluation import generate
+    monkeypatch.setattr(generate, "DECODE_IN_BF16", False)
     from elchat.evaluation.turns import end_of_turn_rate, heldout_prompts
     prompts = heldout_prompts(6)
     assert len(prompts) == 6 and len(set(prompts)) == 6
