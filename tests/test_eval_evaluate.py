@@ -153,3 +153,26 @@ def test_evaluate_models_writes_the_stage_outputs(tiny_pair, tiny_data, tmp_path
 def results_columns():
     from elchat.evaluation.results import CSV_COLUMNS
     return list(CSV_COLUMNS)
+
+
+def test_model_tasks_replace_the_tasks_of_the_named_model(tiny_pair, tiny_data, tmp_path):
+    import pandas as pd
+
+    models = {"Chat": tiny_pair["chat"], "ElChat w/o copy": tiny_pair["base"]}
+    out = tmp_path / "04_eval"
+    ev.evaluate_models(models, {}, "am", out, tasks=["bpc", "mc"], limit=2, eval_batch_size=2,
+                       device="cpu", max_new_tokens=2, model_tasks={"ElChat w/o copy": ["bpc"]})
+    rows = pd.read_csv(out / "results.csv")
+    assert set(rows[rows["model"] == "Chat"]["task"]) == {"bpc", "mc"}
+    assert set(rows[rows["model"] == "ElChat w/o copy"]["task"]) == {"bpc"}
+    with pytest.raises(ValueError, match="'LEP', not among the models"):
+        ev.evaluate_models(models, {}, "am", out, tasks=["bpc"], model_tasks={"LEP": ["bpc"]})
+    with pytest.raises(ValueError, match=r"model_tasks\['Chat'\]: unknown task"):
+        ev.check_stage_params(["bpc"], ["bpc"], 2, 2, 2, 2, "am", model_tasks={"Chat": ["nope"]})
+
+
+def test_the_reference_itself_has_speedup_one_and_its_own_rate(tiny_pair, tiny_data, tmp_path):
+    res = ev.evaluate(tiny_pair["chat"], "am", ["speed"], limit=2, reference=tiny_pair["chat"], device="cpu")
+    sp = res["tasks"]["speed"]
+    assert sp["speedup"]["value"] == 1.0 and sp["tokens_per_char_ratio"]["value"] == 1.0
+    assert sp["chars_per_s"]["value"] == sp["reference_chars_per_s"]["value"] > 0

@@ -221,7 +221,7 @@ def run(ctx, target_texts=()) -> dict:
     source = getattr(ctx, "source", None) or ctx.model_path
     prompts = take_per_group(reply_prompts(target_texts), ctx.limit)
     items = source_replies(source, prompts, getattr(ctx, "cache_dir", None), ctx.max_new_tokens,
-                           ctx.batch_size, ctx.device)
+                           getattr(ctx, "decode_batch_size", ctx.batch_size), ctx.device)
     ctx.samples["reply"] = [{"prompt": it["user"], "source_reply": it["reply"]} for it in items[:2]]
     scores = score_replies(ctx.model, ctx.tokenizer, items, ctx.batch_size)
     # A source model that ends every turn at once (or a random-weight dry-run model) leaves nothing

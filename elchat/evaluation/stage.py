@@ -110,14 +110,32 @@ def check_task_limits(task_limits) -> dict:
     return task_limits
 
 
+def check_model_tasks(model_tasks, lang_is_file: bool = False) -> dict:
+    """{model name: tasks} replacing `tasks` for that model (e.g. an ablation scored only where it
+    differs). Example: `check_model_tasks({"ElChat w/o copy": ["reply"]}) == {"ElChat w/o copy": ["reply"]}`.
+    """
+    if not isinstance(model_tasks, dict):
+        raise ValueError(f"parameter model_tasks={model_tasks!r}: expected a mapping "
+                         '{model name: [tasks]}, e.g. {"ElChat w/o copy": ["reply", "chat_format"]}')
+    out = {}
+    for name, value in model_tasks.items():
+        try:
+            out[str(name)] = check_tasks(value, lang_is_file)
+        except ValueError as e:
+            raise ValueError(f"parameter model_tasks[{name!r}]: {e}") from None
+    return out
+
+
 def check_stage_params(tasks, sweep_tasks, limit, sweep_limit, eval_batch_size, max_new_tokens,
-                       lang, task_limits=None) -> tuple[list[str], list[str]]:
+                       lang, task_limits=None, model_tasks=None,
+                       decode_batch_size=1) -> tuple[list[str], list[str]]:
     """Notebook 04's parameters checked (the error names the bad one); returns the task lists.
 
     Example: `check_stage_params(["bpc"], "bpc", 8, 0, 8, 32, "am") == (["bpc"], ["bpc"])`.
     """
     check_task_limits(task_limits)
     lang_is_file = data.is_corpus_file(lang)
+    check_model_tasks(model_tasks or {}, lang_is_file)
     checked = []
     for name, value in [("tasks", tasks), ("sweep_tasks", sweep_tasks)]:
         try:
@@ -126,6 +144,7 @@ def check_stage_params(tasks, sweep_tasks, limit, sweep_limit, eval_batch_size, 
             raise ValueError(f"parameter {name}={value!r}: {e}") from None
     for name, value, minimum in [("limit", limit, 0), ("sweep_limit", sweep_limit, 0),
                                  ("eval_batch_size", eval_batch_size, 1),
+                                 ("decode_batch_size", decode_batch_size, 1),
                                  ("max_new_tokens", max_new_tokens, 1)]:
         if not is_count(value, minimum):
             expected = "0 (all items) or a positive integer" if minimum == 0 else "a positive integer"
@@ -148,7 +167,7 @@ def _task_inputs(task: str, ctx, target) -> tuple:
 def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int = 0,
              reference=None, device: str = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
              name: str | None = None, task_limits: dict | None = None, source=None,
-             cache_dir=None) -> dict:
+             cache_dir=None, decode_batch_size: int | None = None) -> dict:
     """Evaluate one model on one language. Example: `evaluate("runs/micro/am/03_merge/elchat", "am", ["bpc"], limit=20)`.
 
     `model`: HF directory or preset name; `lang`: language code or path to a text file (one
@@ -156,13 +175,14 @@ def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int
     per task (None = all), `task_limits` {task: items, 0 = all} overriding it per task;
     `reference`: model the `speed` task compares with (the source chat model); `source`: the chat
     model whose replies `reply` scores (default: `reference`, else the model itself), cached under
-    `cache_dir` (default: kept in memory).
+    `cache_dir` (default: kept in memory); `decode_batch_size`: prompts per generation batch
+    (default `batch_size`, which is the scoring batch).
     """
     task_limits = check_task_limits(task_limits)
     if limit is not None and not is_count(limit, 1):
         raise ValueError(f"limit={limit!r}: expected a positive integer or None")
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be positive integers")
+    if batch_size < 1 or max_new_tokens < 1 or (decode_batch_size is not None and decode_batch_size < 1):
+        raise ValueError("batch_size, decode_batch_size and max_new_tokens must be positive integers")
     code, lang_name, text_path = check_lang(lang)
     tasks = check_tasks(tasks, text_path is not None)
     path = resolve_model(model)
@@ -171,7 +191,7 @@ def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int
     torch.manual_seed(seed)
     mdl, tok = load(path, device)
     ctx = Context(mdl, tok, code, lang_name, text_path, limit, batch_size, seed, max_new_tokens,
-                  reference, device)
+                  reference, device, decode_batch_size)
     ctx.model_path, ctx.source, ctx.cache_dir = path, source or reference or path, cache_dir
     if not ctx.chat and any(t in CHAT_TASKS + ("mt",) for t in tasks):
         ctx.notes.append("model has no chat template: chat tasks and mt used plain prompts")
@@ -185,7 +205,8 @@ def evaluate(model, lang, tasks=None, limit=None, batch_size: int = 8, seed: int
     metadata = {"name": name or Path(str(path)).name, "model": str(path), "lang": code or str(text_path),
                 "lang_name": lang_name, "tasks": tasks, "limit": limit,
                 "task_limits": task_limits, "seed": seed,
-                "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                "batch_size": batch_size, "decode_batch_size": ctx.decode_batch_size,
+                "max_new_tokens": max_new_tokens,
                 "prompt_format": ctx.prompt_format, "reference": None if reference is None else str(reference),
                 "device": str(next(mdl.parameters()).device), "seconds": seconds, "notes": ctx.notes,
                 "samples": ctx.samples}
@@ -201,13 +222,16 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
                     limit: int | None = None, sweep_limit: int | None = None, eval_batch_size: int = 8,
                     seed: int = 0, device: str = "auto",
                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    task_limits: dict | None = None) -> pd.DataFrame:
+                    task_limits: dict | None = None, model_tasks: dict | None = None,
+                    decode_batch_size: int | None = None) -> pd.DataFrame:
     """Stage 04: `models` ({name: dir}) on `tasks` and the t-sweep `sweep` ({t: dir}) on
     `sweep_tasks`; writes `out_dir/results/<model>.json`, `out_dir/results.csv` and
     `out_dir/items.csv` (every item score, for paired comparisons), returns results.csv's rows.
 
     Limits of 0 or None mean all items; `task_limits` ({task: items}) overrides `limit` per task
-    for the main models, and `sweep_limit` for the forward-pass tasks (`FORWARD_TASKS`) of the sweep.
+    for the main models, and `sweep_limit` for the forward-pass tasks (`FORWARD_TASKS`) of the sweep;
+    `model_tasks` ({name: tasks}) replaces `tasks` for the models it names (names not among
+    `models` are an error).
     `speed` is relative to the model named `REFERENCE_MODEL` (Chat itself included: its speed-up
     against itself checks the measurement), and `reply` scores that model's replies, cached in
     `out_dir/replies/`.
@@ -219,7 +243,12 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
     reference = models.get(REFERENCE_MODEL)
     task_limits = check_task_limits(task_limits)
     sweep_limits = {k: v for k, v in task_limits.items() if k in FORWARD_TASKS}
-    jobs = [(name, path, tasks, limit, "model", None) for name, path in models.items()]
+    model_tasks = check_model_tasks(model_tasks or {})
+    unknown = sorted(set(model_tasks) - set(models))
+    if unknown:
+        raise ValueError(f"parameter model_tasks names {', '.join(map(repr, unknown))}, not among the "
+                         f"models to evaluate ({', '.join(models)})")
+    jobs = [(name, path, model_tasks.get(name, tasks), limit, "model", None) for name, path in models.items()]
     jobs += [(f"t={t:.2f}", path, sweep_tasks, sweep_limit, "sweep", t) for t, path in sorted(sweep.items())]
     rows, items, total = [], [], 0.0
     for name, path, job_tasks, job_limit, group, t in jobs:
@@ -227,7 +256,7 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
         res = evaluate(path, lang, job_tasks, limit=job_limit or None, batch_size=eval_batch_size,
                        seed=seed, reference=reference, device=device, max_new_tokens=max_new_tokens,
                        name=name, task_limits=task_limits if group == "model" else sweep_limits,
-                       cache_dir=Path(out_dir) / "replies")
+                       cache_dir=Path(out_dir) / "replies", decode_batch_size=decode_batch_size)
         save_results(res, Path(out_dir) / "results" / result_file_name(name))
         rows += [{**row, "group": group, "t": t} for row in to_rows(res)]
         items += [{**row, "group": group, "t": t} for row in item_rows(res)]
