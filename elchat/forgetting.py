@@ -74,20 +74,25 @@ def path_points(run) -> list[dict]:
     return sorted(points, key=lambda p: p["step"])
 
 
-def merge_points(run, chat, layers, t) -> list[dict]:
+def merge_points(run, chat, layers, t, final_merged=None) -> list[dict]:
     """Stage 03: ElChat-merge every point of the path; writes and returns the listing.
 
     Each merge is `elchat.merge.elchat_merge(chat, A_k, 03_merge/forgetting/step-k, layers, t)`,
-    the final ElChat's recipe. Listing rows: `{"step", "tokens", "Chat+VE": dir, "ElChat": dir}`
-    with paths relative to the run directory.
-    Example: `merge_points(run, inputs.chat, inputs.layers, inputs.t)`.
+    the final ElChat's recipe; `final_merged`, when given and present (stage 03's own ElChat of
+    the final Chat+VE, same recipe), stands for the last point instead of merging it again.
+    Listing rows: `{"step", "tokens", "Chat+VE": dir, "ElChat": dir}` with paths relative to the
+    run directory. Example: `merge_points(run, inputs.chat, inputs.layers, inputs.t, out_dir / "elchat")`.
     """
     run = Path(run)
     out_root = runs.stage_dir(run, "03") / "forgetting"
+    points = path_points(run)
     rows = []
-    for point in path_points(run):
+    for point in points:
         merged = out_root / f"step-{point['step']}"
-        elchat_merge(chat, point["adapted"], merged, layers=layers, t=t)
+        if point is points[-1] and final_merged is not None and runs.has_model(Path(final_merged)):
+            merged = Path(final_merged)
+        else:
+            elchat_merge(chat, point["adapted"], merged, layers=layers, t=t)
         rows.append({"step": point["step"], "tokens": point["tokens"],
                      "Chat+VE": _relative(point["adapted"], run), "ElChat": _relative(merged, run)})
     atomic_write_json(runs.stage_dir(run, "03") / LISTING, {"points": rows})
@@ -119,22 +124,45 @@ def _metric_rows(result: dict, model: str, point: dict | None) -> list[dict]:
     return rows
 
 
+def _saved_result(out_dir: Path, path, limits: dict) -> dict | None:
+    """The main evaluation's result (`out_dir/results/*.json`) of the same model directory, cut to
+    `TASKS`, when it ran them on the same number of items (`limits`: task -> items or None)."""
+    want = Path(path).resolve()
+    for file in sorted((out_dir / "results").glob("*.json")):
+        res = json.loads(file.read_text(encoding="utf-8"))
+        meta = res.get("metadata", {})
+        if Path(str(meta.get("model", ""))).resolve() != want or any(t not in res["tasks"] for t in TASKS):
+            continue
+        ran = {t: (meta.get("task_limits") or {}).get(t, meta.get("limit")) or None for t in TASKS}
+        if ran == limits:
+            return {"metadata": meta, "tasks": {t: res["tasks"][t] for t in TASKS}}
+    return None
+
+
 def score_points(run, lang, out_dir, limit=None, batch_size: int = 8, seed: int = 0,
-                 device: str = "auto", task_limits: dict | None = None) -> tuple[pd.DataFrame, dict]:
+                 device: str = "auto", task_limits: dict | None = None,
+                 decode_batch_size: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Stage 04: C, then Chat+VE and ElChat at every point, on `TASKS`; writes `out_dir/TABLE`.
 
-    Replies are the source chat model's, cached in `out_dir/replies` (shared with the main
-    evaluation when the limits agree). Returns (the table, `{(model, step): result}` with per-item
-    scores, for `paired_rows`). Example: `curve, results = score_points(run, "am", run / "04_eval")`.
+    Items per task: `task_limits[task]`, else `limit` (None or 0 = all). A model the main
+    evaluation already scored on the same items (C, the final Chat+VE and ElChat: its results
+    in `out_dir/results/`) is read back, not scored again. Replies are the source chat model's,
+    cached in `out_dir/replies` (shared with the main evaluation when the limits agree). Returns
+    (the table, `{(model, step): result}` with per-item scores, for `paired_rows`).
+    Example: `curve, results = score_points(run, "am", run / "04_eval")`.
     """
     run, out_dir = Path(run), Path(out_dir)
+    task_limits = {t: n for t, n in (task_limits or {}).items() if t in TASKS}
+    limits = {t: task_limits.get(t, limit) or None for t in TASKS}
     chat = runs.read_sources(run)["chat"]
     jobs = [("Chat", chat, None)] + [(name, p[name], p) for p in read_points(run) for name in CURVES]
     rows, results = [], {}
     for model, path, point in jobs:
-        res = stage.evaluate(path, lang, TASKS, limit=limit, batch_size=batch_size, seed=seed,
-                             device=device, name=model, task_limits=task_limits, source=chat,
-                             cache_dir=out_dir / "replies")
+        res = _saved_result(out_dir, path, limits)
+        if res is None:
+            res = stage.evaluate(path, lang, TASKS, limit=limit, batch_size=batch_size, seed=seed,
+                                 device=device, name=model, task_limits=task_limits, source=chat,
+                                 cache_dir=out_dir / "replies", decode_batch_size=decode_batch_size)
         results[(model, None if point is None else point["step"])] = res
         rows += _metric_rows(res, model, point)
     table = pd.DataFrame(rows)

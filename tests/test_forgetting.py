@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,36 @@ def test_score_points_table_pairs_and_figure(tiny_run, tiny_pair, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 0
     assert len(fig.axes) == len({tuple(k) for k in table[key].values})
     assert all("n = " in ax.get_title() for ax in fig.axes)
+
+
+def test_final_point_reuses_elchat_and_the_main_results(tiny_run, tiny_pair, tmp_path, monkeypatch):
+    """The last point is stage 03's own ElChat (not merged again), and models the main evaluation
+    scored on the same items are read back from `results/`, not scored again."""
+    from elchat.evaluation import stage
+    from elchat.merge import elchat_merge
+
+    final = runs.stage_dir(tiny_run, "03") / "elchat"
+    elchat_merge(tiny_pair["chat"], runs.stage_dir(tiny_run, "02") / "chat_cpt", final,
+                 layers=[0, 1, -2, -1], t=[0.3, 0.5, 0.5, 0.3])
+    points = forgetting.merge_points(tiny_run, tiny_pair["chat"], layers=[0, 1, -2, -1],
+                                     t=[0.3, 0.5, 0.5, 0.3], final_merged=final)
+    assert points[-1]["ElChat"] == final and points[0]["ElChat"] != final
+    out = tmp_path / "04_eval"
+    limits = {"bpc": 3, "reply": 3}
+    stage.evaluate_models({"Chat": tiny_pair["chat"], "ElChat": final}, {}, "am", out,
+                          tasks=forgetting.TASKS, limit=5, eval_batch_size=4, device="cpu",
+                          max_new_tokens=8, task_limits=limits)
+    scored = []
+    evaluate = stage.evaluate
+    resolved = lambda p: str(Path(p).resolve())  # noqa: E731
+    monkeypatch.setattr(stage, "evaluate",
+                        lambda path, *a, **k: scored.append(resolved(path)) or evaluate(path, *a, **k))
+    table, results = forgetting.score_points(tiny_run, "am", out, limit=5, batch_size=4, task_limits=limits)
+    assert resolved(final) not in scored and resolved(tiny_pair["chat"]) not in scored
+    assert len(scored) == 2 * len(points) - 1  # every Chat+VE point and the ElChat points but the last
+    saved = json.loads((out / "results" / "ElChat.json").read_text())
+    assert results[("ElChat", points[-1]["step"])]["tasks"]["bpc"] == saved["tasks"]["bpc"]
+    # other limits than the main evaluation's: nothing is read back
+    scored.clear()
+    forgetting.score_points(tiny_run, "am", out, limit=2, batch_size=4)
+    assert len(scored) == 2 * len(points) + 1
