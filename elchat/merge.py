@@ -489,10 +489,12 @@ class StageInputs:
 
 
 def _check_settings(elchat_t, sweep_t, cv_ratio, lep_mode) -> tuple[list[float], list[float]]:
-    for name, value in {"elchat_t": elchat_t, "sweep_t": sweep_t}.items():
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError(f"parameter {name}={value!r}: expected a non-empty list")
-    t, sweep = check_t("parameter elchat_t", elchat_t), check_t("parameter sweep_t", sweep_t)
+    if not isinstance(elchat_t, (list, tuple)) or not elchat_t:
+        raise ValueError(f"parameter elchat_t={elchat_t!r}: expected a non-empty list")
+    if not isinstance(sweep_t, (list, tuple)):
+        raise ValueError(f"parameter sweep_t={sweep_t!r}: expected a list ([] for no sweep)")
+    t = check_t("parameter elchat_t", elchat_t)
+    sweep = check_t("parameter sweep_t", sweep_t) if sweep_t else []
     if isinstance(cv_ratio, bool) or not isinstance(cv_ratio, (int, float)):
         raise ValueError(f"parameter cv_ratio={cv_ratio!r}: expected a number")
     if lep_mode not in LEP_MODES:

@@ -408,6 +408,7 @@ def test_stage_inputs_reads_layers_stage_02_recorded(models, tmp_path):
     run = _stage02_run(tmp_path, models, layers=[0, -1])
     inputs = stage_inputs(run, elchat_t=[0.2, 0.4], sweep_t=[0, 1], cv_ratio=1, lep_mode="swap")
     assert inputs.layers == [0, -1] and inputs.t == [0.2, 0.4] and inputs.sweep_t == [0.0, 1.0]
+    assert stage_inputs(run, elchat_t=[0.2, 0.4], sweep_t=[], cv_ratio=1, lep_mode="swap").sweep_t == []  # no sweep
     assert inputs.chat == Path(models["chat"]).resolve() and inputs.base == Path(models["base"]).resolve()
     assert inputs.chat_cpt == run / "02_cpt" / "chat_cpt" and inputs.base_cpt == run / "02_cpt" / "base_cpt"
     assert inputs.base_emb is None and inputs.out_dir == run / "03_merge"
@@ -415,7 +416,8 @@ def test_stage_inputs_reads_layers_stage_02_recorded(models, tmp_path):
     # the published t list has 4 values; this run trained 2 layers: the error names elchat_t
     with pytest.raises(ValueError, match=r"elchat_t=.*2 transition layers \[0, -1\]"):
         stage_inputs(run, elchat_t=list(method.ELCHAT_T), sweep_t=[0.5])
-    for bad, match in [({"sweep_t": [0.5, 1.5]}, "sweep_t"), ({"sweep_t": []}, "sweep_t"),
+    for bad, match in [({"sweep_t": [0.5, 1.5]}, "sweep_t"), ({"sweep_t": 0.5}, "sweep_t"),
+                       ({"elchat_t": []}, "elchat_t"),
                        ({"elchat_t": [0.2, -0.1]}, "elchat_t"), ({"lep_mode": "average"}, "lep_mode"),
                        ({"cv_ratio": "1"}, "cv_ratio")]:
         with pytest.raises(ValueError, match=f"parameter {match}="):
