@@ -124,14 +124,16 @@ def _metric_rows(result: dict, model: str, point: dict | None) -> list[dict]:
     return rows
 
 
-def _saved_result(out_dir: Path, path, limits: dict) -> dict | None:
+def _saved_result(out_dir: Path, path, limits: dict, max_new_tokens: int) -> dict | None:
     """The main evaluation's result (`out_dir/results/*.json`) of the same model directory, cut to
-    `TASKS`, when it ran them on the same number of items (`limits`: task -> items or None)."""
+    `TASKS`, when it ran them on the same items: the same number (`limits`: task -> items or
+    None) and replies of the same length (`max_new_tokens`)."""
     want = Path(path).resolve()
     for file in sorted((out_dir / "results").glob("*.json")):
         res = json.loads(file.read_text(encoding="utf-8"))
         meta = res.get("metadata", {})
-        if Path(str(meta.get("model", ""))).resolve() != want or any(t not in res["tasks"] for t in TASKS):
+        if (Path(str(meta.get("model", ""))).resolve() != want or any(t not in res["tasks"] for t in TASKS)
+                or meta.get("max_new_tokens") != max_new_tokens):
             continue
         ran = {t: (meta.get("task_limits") or {}).get(t, meta.get("limit")) or None for t in TASKS}
         if ran == limits:
@@ -141,13 +143,15 @@ def _saved_result(out_dir: Path, path, limits: dict) -> dict | None:
 
 def score_points(run, lang, out_dir, limit=None, batch_size: int = 8, seed: int = 0,
                  device: str = "auto", task_limits: dict | None = None,
-                 decode_batch_size: int | None = None) -> tuple[pd.DataFrame, dict]:
+                 decode_batch_size: int | None = None,
+                 max_new_tokens: int = stage.DEFAULT_MAX_NEW_TOKENS) -> tuple[pd.DataFrame, dict]:
     """Stage 04: C, then Chat+VE and ElChat at every point, on `TASKS`; writes `out_dir/TABLE`.
 
-    Items per task: `task_limits[task]`, else `limit` (None or 0 = all). A model the main
-    evaluation already scored on the same items (C, the final Chat+VE and ElChat: its results
-    in `out_dir/results/`) is read back, not scored again. Replies are the source chat model's,
-    cached in `out_dir/replies` (shared with the main evaluation when the limits agree). Returns
+    Items per task: `task_limits[task]`, else `limit` (None or 0 = all); `max_new_tokens`: the
+    length of the source chat model's replies (pass the main evaluation's, so that every point
+    scores the same replies). A model the main evaluation already scored on the same items (C,
+    the final Chat+VE and ElChat: its results in `out_dir/results/`) is read back, not scored
+    again. Replies are cached in `out_dir/replies` (shared with the main evaluation). Returns
     (the table, `{(model, step): result}` with per-item scores, for `paired_rows`).
     Example: `curve, results = score_points(run, "am", run / "04_eval")`.
     """
@@ -158,11 +162,12 @@ def score_points(run, lang, out_dir, limit=None, batch_size: int = 8, seed: int 
     jobs = [("Chat", chat, None)] + [(name, p[name], p) for p in read_points(run) for name in CURVES]
     rows, results = [], {}
     for model, path, point in jobs:
-        res = _saved_result(out_dir, path, limits)
+        res = _saved_result(out_dir, path, limits, max_new_tokens)
         if res is None:
             res = stage.evaluate(path, lang, TASKS, limit=limit, batch_size=batch_size, seed=seed,
                                  device=device, name=model, task_limits=task_limits, source=chat,
-                                 cache_dir=out_dir / "replies", decode_batch_size=decode_batch_size)
+                                 cache_dir=out_dir / "replies", decode_batch_size=decode_batch_size,
+                                 max_new_tokens=max_new_tokens)
         results[(model, None if point is None else point["step"])] = res
         rows += _metric_rows(res, model, point)
     table = pd.DataFrame(rows)

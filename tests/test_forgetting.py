@@ -109,12 +109,17 @@ def test_final_point_reuses_elchat_and_the_main_results(tiny_run, tiny_pair, tmp
     resolved = lambda p: str(Path(p).resolve())  # noqa: E731
     monkeypatch.setattr(stage, "evaluate",
                         lambda path, *a, **k: scored.append(resolved(path)) or evaluate(path, *a, **k))
-    table, results = forgetting.score_points(tiny_run, "am", out, limit=5, batch_size=4, task_limits=limits)
+    table, results = forgetting.score_points(tiny_run, "am", out, limit=5, batch_size=4, task_limits=limits,
+                                             max_new_tokens=8)
     assert resolved(final) not in scored and resolved(tiny_pair["chat"]) not in scored
     assert len(scored) == 2 * len(points) - 1  # every Chat+VE point and the ElChat points but the last
     saved = json.loads((out / "results" / "ElChat.json").read_text())
     assert results[("ElChat", points[-1]["step"])]["tasks"]["bpc"] == saved["tasks"]["bpc"]
-    # other limits than the main evaluation's: nothing is read back
-    scored.clear()
-    forgetting.score_points(tiny_run, "am", out, limit=2, batch_size=4)
-    assert len(scored) == 2 * len(points) + 1
+    # every point scores the same replies: the main evaluation's, cached (one file, 8 tokens long)
+    replies = sorted((out / "replies").glob("*.json"))
+    assert len(replies) == 1 and json.loads(replies[0].read_text())["max_new_tokens"] == 8
+    # other limits or other reply lengths than the main evaluation's: nothing is read back
+    for kwargs in ({"limit": 2}, {"limit": 5, "task_limits": limits, "max_new_tokens": 12}):
+        scored.clear()
+        forgetting.score_points(tiny_run, "am", out, batch_size=4, **kwargs)
+        assert len(scored) == 2 * len(points) + 1
