@@ -5,6 +5,7 @@ Reads, for one preset, every `runs/<preset>/<lang>/`:
                              group ("model" | "sweep"), t   (required for the table)
   04_eval/items.csv          every item score (model, task, metric, item, num, den): paired verdicts
   01_vocab/tokens_per_char.csv, 02_cpt/*/log.csv, 03_merge/layer_angles.csv   (figures, optional)
+  04_eval/forgetting.png     stage 04's forgetting-vs-CPT figure, copied as fig_forgetting_<lang>.png
 and writes `runs/<preset>/report/` atomically: `results_table.{md,csv}`, `results_long.csv`,
 `summary.md`, `missing.txt` and PNG figures. Anything absent is listed, never fatal.
 
@@ -30,6 +31,7 @@ Language Data"; Chat Vector: Huang et al. 2024; LEP: Tikhomirov & Chernyshev 202
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 
 import pandas as pd
@@ -618,6 +620,10 @@ def write_report(runs_root, preset: str, langs=None) -> dict:
                 continue
             fig.savefig(tmp / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(fig)  # the notebook shows the saved PNGs, the CLI needs no display
+        for lang in data["langs"]:  # the headline figure of each language, drawn by stage 04
+            curve = runs.stage_dir(runs.run_dir(runs_root, preset, lang), "04") / "forgetting.png"
+            if curve.is_file():
+                shutil.copyfile(curve, tmp / f"fig_forgetting_{lang}.png")
     for f in sorted(out_dir.iterdir()):
         written[f.name] = f
     return written

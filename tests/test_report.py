@@ -72,9 +72,12 @@ def test_without_items_nothing_is_decided_from_point_estimates(runs):
 def test_write_report_files_and_cli(runs, capsys):
     from elchat.cli import main
 
+    curve = b"\x89PNG\r\n\x1a\n forgetting curve of am"  # stage 04's figure, copied as it is
+    (runs / "micro/am/04_eval/forgetting.png").write_bytes(curve)
     assert main(["report", "--preset", "micro", "--runs-root", str(runs)]) == 0
     out = runs / "micro/report"
     names = {p.name for p in out.iterdir()}
+    assert (out / "fig_forgetting_am.png").read_bytes() == curve and "fig_forgetting_ta.png" not in names
     assert {"results_table.md", "results_table.csv", "results_long.csv", "summary.md", "missing.txt",
             "fig_cpt_curves.png", "fig_t_sweep.png", "fig_layer_angles.png", "fig_heatmap.png",
             "fig_tokens_per_char.png"} <= names
