@@ -444,8 +444,10 @@ def test_elchat_sweep_sets_every_layer_to_t(models, tmp_path):
 
 # --------------------------------------------------------------------------- streaming memory
 def test_streaming_peak_memory_is_a_few_tensors(tmp_path):
-    """A 4-shard, ~100 MiB-per-model merge (12 MLP tensors of 8 MiB, the rest small) must stay within
-    4 tensors + 16 MiB of baseline. Measured: about 3 tensors (two inputs and the result).
+    """A 4-shard, ~112 MiB-per-model merge (12 MLP tensors of 8 MiB, the rest small) must stay within
+    6 tensors + 16 MiB of baseline (a merge that loads its two inputs needs > 224 MiB). Measured:
+    about 3 tensors (two inputs and the result) on a quiet machine; 54 MiB once in a fresh-clone
+    CI run with the other test worker busy (allocator arenas), hence the margin.
 
     The models are complete Llama checkpoints (the merges refuse any other) of 4 layers, hidden
     512, intermediate 4096, a vocabulary of 8."""
@@ -494,7 +496,7 @@ def test_streaming_peak_memory_is_a_few_tensors(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     merged, loaded = (int(v) / 2**20 for v in res.stdout.split())
-    model_mb, bound = sum(math.prod(s) for s in shapes.values()) * 4 / 2**20, 4 * tensor_mb + 16
+    model_mb, bound = sum(math.prod(s) for s in shapes.values()) * 4 / 2**20, 6 * tensor_mb + 16
     print(f"merge RSS growth {merged:.1f} MiB; loading one model {loaded:.1f} MiB "
           f"(model {model_mb:.0f} MiB, bound {bound} MiB)")
     assert merged < bound
