@@ -28,7 +28,8 @@ trained); the embedding lookup's gradient is a scatter, counted as 0.
     python benchmarks/cpt_throughput.py --device cuda --batch 32 --steps 20 --precision bf16 \
         --random-shape qwen2.5-0.5b                        # what benchmarks/gpu_check.sh runs
     python benchmarks/cpt_throughput.py --random-shape qwen2.5-0.5b --layers 2 --batch 4 \
-        --precision fp32 --loss-chunk 0,4096 --skip-trainer   # peak memory, 152k vocabulary
+        --precision fp32 --loss-chunk 0,512 --skip-trainer    # peak memory, 152k vocabulary (a chunk
+                                                             # smaller than batch x block, or it is one)
 """
 from __future__ import annotations
 
