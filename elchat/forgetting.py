@@ -124,21 +124,21 @@ def _metric_rows(result: dict, model: str, point: dict | None) -> list[dict]:
     return rows
 
 
-def _saved_result(out_dir: Path, path, limits: dict, max_new_tokens: int) -> dict | None:
-    """The main evaluation's result (`out_dir/results/*.json`) of the same model directory, cut to
-    `TASKS`, when it ran them on the same items: the same number (`limits`: task -> items or
-    None) and replies of the same length (`max_new_tokens`)."""
-    want = Path(path).resolve()
+def _saved_results(out_dir: Path, limits: dict, max_new_tokens: int) -> dict:
+    """The main evaluation's results (`out_dir/results/*.json`) that ran `TASKS` on the same items:
+    the same number (`limits`: task -> items or None) and replies of the same length
+    (`max_new_tokens`); `{resolved model directory: result cut to TASKS}`."""
+    out = {}
     for file in sorted((out_dir / "results").glob("*.json")):
         res = json.loads(file.read_text(encoding="utf-8"))
         meta = res.get("metadata", {})
-        if (Path(str(meta.get("model", ""))).resolve() != want or any(t not in res["tasks"] for t in TASKS)
-                or meta.get("max_new_tokens") != max_new_tokens):
+        if any(t not in res["tasks"] for t in TASKS) or meta.get("max_new_tokens") != max_new_tokens:
             continue
         ran = {t: (meta.get("task_limits") or {}).get(t, meta.get("limit")) or None for t in TASKS}
         if ran == limits:
-            return {"metadata": meta, "tasks": {t: res["tasks"][t] for t in TASKS}}
-    return None
+            out[Path(str(meta["model"])).resolve()] = {"metadata": meta,
+                                                       "tasks": {t: res["tasks"][t] for t in TASKS}}
+    return out
 
 
 def score_points(run, lang, out_dir, limit=None, batch_size: int = 8, seed: int = 0,
@@ -160,9 +160,10 @@ def score_points(run, lang, out_dir, limit=None, batch_size: int = 8, seed: int 
     limits = {t: task_limits.get(t, limit) or None for t in TASKS}
     chat = runs.read_sources(run)["chat"]
     jobs = [("Chat", chat, None)] + [(name, p[name], p) for p in read_points(run) for name in CURVES]
+    saved = _saved_results(out_dir, limits, max_new_tokens)
     rows, results = [], {}
     for model, path, point in jobs:
-        res = _saved_result(out_dir, path, limits, max_new_tokens)
+        res = saved.get(Path(path).resolve())
         if res is None:
             res = stage.evaluate(path, lang, TASKS, limit=limit, batch_size=batch_size, seed=seed,
                                  device=device, name=model, task_limits=task_limits, source=chat,

@@ -155,14 +155,14 @@ def run(ctx, texts) -> dict:
     if ctx.reference is not None:
         ref_model, ref_tok = _reference(ctx)
         timed = timed_texts(texts, TIMED_CHARS)
+        chars = sum(len(t) for t in timed)
         if ref_model is ctx.model:  # the reference itself: 1 by definition, its own rate measured
             ids = decode_ids(ctx.tokenizer, timed)
             model = decoding_model(ctx.model)
-            decode_seconds(model, [ids[0][:4]])
-            seconds = float(np.median([decode_seconds(model, ids) for _ in range(REPEATS)]))
-            rate = sum(len(t) for t in timed) / seconds
+            decode_seconds(model, [ids[0][:4]])  # warm-up, as in interleaved_seconds
+            rate = chars / float(np.median([decode_seconds(model, ids) for _ in range(REPEATS)]))
             out.update({"chars_per_s": metric(rate, REPEATS), "reference_chars_per_s": metric(rate, REPEATS),
-                        "tokens_per_char_ratio": metric(1.0, sum(len(t) for t in timed)),
+                        "tokens_per_char_ratio": metric(1.0, chars),
                         "speedup": metric(1.0, REPEATS, [1.0, 1.0])})
         else:
             out.update(compare(decoding_model(ctx.model), ctx.tokenizer, decoding_model(ref_model),

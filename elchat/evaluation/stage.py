@@ -232,8 +232,8 @@ def evaluate_models(models: dict, sweep: dict, lang, out_dir, tasks=None, sweep_
     for the main models, and `sweep_limit` for the forward-pass tasks (`FORWARD_TASKS`) of the sweep;
     `model_tasks` ({name: tasks}) replaces `tasks` for the models it names (names not among
     `models` are an error).
-    `speed` is relative to the model named `REFERENCE_MODEL` (Chat itself included: its speed-up
-    against itself checks the measurement), and `reply` scores that model's replies, cached in
+    `speed` is relative to the model named `REFERENCE_MODEL` (whose own speed-up is 1 by definition,
+    its decoding rate measured), and `reply` scores that model's replies, cached in
     `out_dir/replies/`.
     Example: `evaluate_models(*runs.read_models(run)[:2], "am", runs.stage_dir(run, "04"), limit=8)`.
     """
