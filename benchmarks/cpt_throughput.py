@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="measured steps per side")
     p.add_argument("--warmup", type=int, default=1, help="steps dropped per side")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per side (best kept)")
-    p.add_argument("--loss-chunk", default="4096", help="elchat side: comma list of loss chunks "
+    p.add_argument("--loss-chunk", default="1024", help="elchat side: comma list of loss chunks "
                    "(0: Hugging Face's full-logits loss), one row each")
     p.add_argument("--gradient-checkpointing", action="store_true", help="both sides")
     p.add_argument("--skip-trainer", action="store_true", help="elchat rows only")

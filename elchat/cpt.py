@@ -142,7 +142,7 @@ class CPTConfig:
     dtype: str = "auto"                  # auto: bf16 autocast where native (Ampere+ GPUs, CPUs
                                          # with AVX512-BF16/AMX), fp16 + loss scaling on older
                                          # GPUs, else fp32; master weights always fp32
-    loss_chunk: int = 4096               # positions per chunk of the loss: never the full logits
+    loss_chunk: int = 1024               # positions per chunk of the loss: never the full logits
                                          # (elchat.chunked_loss); 0: Hugging Face's loss
     log_with: str = "none"               # experiment tracker via accelerate: none, tensorboard,
                                          # trackio (offline files under out_dir/tracker)
