@@ -138,16 +138,22 @@ def attribution(source_dir, cpt_dir, valid_texts, device: str = "cpu") -> pd.Dat
 
     Before/after CPT come from `cpt_dir/log.csv` (its first and last `valid_bpc`); the source model is
     scored here the same way (`bits_per_char` over the same non-empty documents, cut to the run's
-    `eval_max_docs`, in windows of its `block_size`, all read from `cpt_dir/cpt_summary.json`).
+    `eval_max_docs`, in windows of its `block_size`, all read from `cpt_dir/cpt_summary.json`), and
+    in the precision CPT validated in (bf16 autocast when it trained in bf16: the three bars then
+    differ by the model alone; bf16 moves a BPC by ~1-2% on these models).
     Example: `attribution(chat, run / "02_cpt" / "chat_cpt", valid_texts)["bpc"]`.
     """
-    config = json.loads((Path(cpt_dir) / "cpt_summary.json").read_text(encoding="utf-8"))["config"]
+    summary = json.loads((Path(cpt_dir) / "cpt_summary.json").read_text(encoding="utf-8"))
+    config = summary["config"]
     docs = [t for t in valid_texts if t and t.strip()][:config["eval_max_docs"]]
     log = pd.read_csv(Path(cpt_dir) / "log.csv").dropna(subset=["valid_bpc"])
     expanded_tok, source_tok = load_tokenizer(cpt_dir), load_tokenizer(source_dir)
     source = load_model(source_dir, device=device).eval()
-    source_bpc = bits_per_char(source, source_tok, docs, max_length=config["block_size"],
-                               batch_size=config["batch_size"])["bpc"]
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(summary.get("precision"))
+    kind = next(source.parameters()).device.type
+    with torch.no_grad(), torch.autocast(kind, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        source_bpc = bits_per_char(source, source_tok, docs, max_length=config["block_size"],
+                                   batch_size=config["batch_size"])["bpc"]
     rows = [("source Chat", source_bpc, source_tok),
             ("Chat+VE, init only" if log["step"].iloc[0] == 0 else "Chat+VE, first evaluation",
              float(log["valid_bpc"].iloc[0]), expanded_tok),

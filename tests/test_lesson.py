@@ -139,6 +139,31 @@ def test_attribution_reads_the_cpt_log_and_adds_uniform_baselines(tiny_pair, tmp
     assert frame["bpc"].iloc[0] > 0
 
 
+def test_attribution_scores_the_source_in_the_precision_cpt_validated_in(tiny_pair, tmp_path):
+    import shutil
+
+    import torch
+
+    from elchat.evaluation.bpc import bits_per_char
+    from elchat.models import load_model, load_tokenizer
+
+    cpt_dir = tmp_path / "chat_cpt"
+    shutil.copytree(tiny_pair["chat"], cpt_dir)
+    pd.DataFrame({"step": [0, 2], "valid_bpc": [9.0, 7.5]}).to_csv(cpt_dir / "log.csv", index=False)
+    config = {"eval_max_docs": 2, "block_size": 16, "batch_size": 2}
+    docs = ["hello there", "a short text"]
+    model, tok = load_model(tiny_pair["chat"], device="cpu").eval(), load_tokenizer(tiny_pair["chat"])
+    with torch.no_grad():
+        fp32 = bits_per_char(model, tok, docs, max_length=16, batch_size=2)["bpc"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = bits_per_char(model, tok, docs, max_length=16, batch_size=2)["bpc"]
+    assert fp32 != bf16  # the two precisions are distinguishable on this model
+    for precision, expected in (("bf16", bf16), ("no", fp32)):
+        (cpt_dir / "cpt_summary.json").write_text(json.dumps({"config": config, "precision": precision}))
+        frame = lesson.attribution(tiny_pair["chat"], cpt_dir, docs)
+        assert frame["bpc"].iloc[0] == pytest.approx(expected, rel=1e-6, abs=0)
+
+
 def test_stage_bars_draw_the_chance_level():
     from elchat.evaluation import figures
 
