@@ -29,10 +29,14 @@ from elchat.evaluation.bpc import bits_per_char
 from elchat.evaluation.generate import load
 
 
-def _valid_bpc(model_dir: Path, docs: list[str], block: int, batch: int, bf16: bool) -> float:
+def _valid_bpc(model_dir: Path, docs: list[str], block: int, batch: int, precisions=("fp32",)) -> dict:
+    """{precision: BPC} of one model, loaded once ("bf16": under bf16 autocast)."""
     model, tok = load(model_dir, "cpu")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return bits_per_char(model, tok, docs, max_length=block, batch_size=batch)["bpc"]
+    scores = {}
+    for name in precisions:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+            scores[name] = bits_per_char(model, tok, docs, max_length=block, batch_size=batch)["bpc"]
+    return scores
 
 
 def main(argv=None) -> dict:
@@ -52,11 +56,12 @@ def main(argv=None) -> dict:
                               "dtype": "fp32", "snapshots": (), "save_every": 0})
     train, valid = data.train_valid(args.lang)
     fp32 = cpt.train(runs.stage_dir(run, "01") / "chat_ve", train, valid, out / "fp32", config, resume=True)
-    docs = [t for t in valid if t and t.strip()][:config.eval_max_docs]
+    docs = cpt.validation_docs(valid, config.eval_max_docs)
     block, batch = config.block_size, config.batch_size
-    scored = {"bf16-trained, fp32 eval": _valid_bpc(bf16_dir, docs, block, batch, bf16=False),
-              "bf16-trained, bf16 eval": _valid_bpc(bf16_dir, docs, block, batch, bf16=True),
-              "fp32-trained, fp32 eval": _valid_bpc(out / "fp32", docs, block, batch, bf16=False)}
+    bf16_trained = _valid_bpc(bf16_dir, docs, block, batch, ("fp32", "bf16"))
+    scored = {"bf16-trained, fp32 eval": bf16_trained["fp32"],
+              "bf16-trained, bf16 eval": bf16_trained["bf16"],
+              "fp32-trained, fp32 eval": _valid_bpc(out / "fp32", docs, block, batch)["fp32"]}
     rel = {
         "own validation (bf16 run vs fp32 run)": summary["final_valid_bpc"] / fp32["final_valid_bpc"] - 1,
         "training precision (both scored in fp32)":

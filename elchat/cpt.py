@@ -415,6 +415,14 @@ def _finished_summary(out_dir: Path, model_dir: Path, config: CPTConfig) -> dict
     return None
 
 
+def validation_docs(valid_texts, max_docs: int) -> list[str]:
+    """The documents CPT validates on: the non-empty ones, the first `max_docs` (`eval_max_docs`).
+
+    Example: `validation_docs(["a", " ", "b"], 1) == ["a"]`.
+    """
+    return [t for t in (valid_texts or []) if t and t.strip()][:max_docs]
+
+
 def _setup_data(tokenizer, texts: list[str], valid_texts, config: CPTConfig) -> _Data:
     """Tokenize (cached) and pack the training and validation documents."""
     stream = token_stream(tokenizer, texts, config.cache_dir, desc="tokenize train")
@@ -422,7 +430,7 @@ def _setup_data(tokenizer, texts: list[str], valid_texts, config: CPTConfig) -> 
     if len(blocks) == 0:
         raise ValueError(f"the training corpus has {len(stream)} tokens, fewer than one block of "
                          f"{config.block_size}; give more text or a smaller block_size")
-    valid_docs = [t for t in (valid_texts or []) if t and t.strip()][:config.eval_max_docs]
+    valid_docs = validation_docs(valid_texts, config.eval_max_docs)
     valid_stream = token_stream(tokenizer, valid_docs, config.cache_dir, desc="tokenize valid")
     valid_blocks = (pack_blocks(valid_stream, min(config.block_size, len(valid_stream)))
                     if len(valid_stream) >= 2 else None)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .cpt import CPTConfig, apply_strategy
+from .cpt import CPTConfig, apply_strategy, validation_docs
 from .embeddings import new_rows
 from .lep import fit_map, propagate_matrix
 from .evaluation.bpc import bits_per_char
@@ -145,13 +145,13 @@ def attribution(source_dir, cpt_dir, valid_texts, device: str = "cpu") -> pd.Dat
     """
     summary = json.loads((Path(cpt_dir) / "cpt_summary.json").read_text(encoding="utf-8"))
     config = summary["config"]
-    docs = [t for t in valid_texts if t and t.strip()][:config["eval_max_docs"]]
+    docs = validation_docs(valid_texts, config["eval_max_docs"])
     log = pd.read_csv(Path(cpt_dir) / "log.csv").dropna(subset=["valid_bpc"])
     expanded_tok, source_tok = load_tokenizer(cpt_dir), load_tokenizer(source_dir)
     source = load_model(source_dir, device=device).eval()
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(summary.get("precision"))
     kind = next(source.parameters()).device.type
-    with torch.no_grad(), torch.autocast(kind, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+    with torch.no_grad(), torch.autocast(kind, dtype=autocast, enabled=autocast is not None):
         source_bpc = bits_per_char(source, source_tok, docs, max_length=config["block_size"],
                                    batch_size=config["batch_size"])["bpc"]
     rows = [("source Chat", source_bpc, source_tok),
